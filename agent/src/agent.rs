@@ -1,0 +1,199 @@
+//! The node daemon: installs the datapath, compiles the mesh config and the
+//! enrolled workloads into the maps, serves the admin socket, logs verdict
+//! events, and reloads the config directory when it changes.
+//!
+//! One task owns all state (`State`); the admin socket, the event reader and
+//! the config watcher talk to it over a channel, so map updates are
+//! serialized and each one is a complete policy generation.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    bpf::{self, Datapath, MapSizes, Paths},
+    config::{self, MeshConfig},
+    workload,
+};
+
+mod admin;
+mod events;
+mod options;
+mod state;
+mod watch;
+
+pub use admin::{Request, Response};
+pub use options::{cgroup2_mount, AgentOptions, NodeOptions};
+use state::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bpf(#[from] bpf::Error),
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Compile(#[from] crate::compile::Error),
+    #[error(transparent)]
+    Workload(#[from] workload::Error),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {}: {source}", path.display())]
+    State {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the agent stopped")]
+    Stopped,
+}
+
+/// What the agent's single state task is asked to do.
+enum Command {
+    Enroll(
+        workload::Spec,
+        oneshot::Sender<Result<workload::Workload, String>>,
+    ),
+    Deregister(u32),
+    Reload,
+    Event(zgate_common::event::VerdictEvent),
+}
+
+/// How the agent ends: Ctrl-C (SIGINT) detaches everything it attached;
+/// SIGTERM (a service manager stopping or upgrading it) and crashes leave
+/// the pinned programs and maps enforcing the last policy (fail-static).
+enum Exit {
+    Detach,
+    KeepEnforcing,
+}
+
+pub async fn run(opts: AgentOptions) -> Result<(), Error> {
+    let node = &opts.node;
+    bpf::preflight(&node.cgroup_root, &node.bpffs)?;
+    std::fs::create_dir_all(&node.cgroup_root).map_err(|source| Error::Io {
+        op: "creating cgroup",
+        path: node.cgroup_root.clone(),
+        source,
+    })?;
+    let mesh = load_mesh(&opts)?;
+    let paths = Paths::new(&node.bpffs, &node.instance);
+    let started = Instant::now();
+    let mut datapath = Datapath::install(
+        paths,
+        &node.cgroup_root,
+        Path::new("/proc/self/ns/net"),
+        MapSizes::default(),
+    )?;
+    for (name, fresh) in &datapath.attached {
+        let how = if *fresh { "attached" } else { "adopted" };
+        tracing::info!(program = name, "{how}");
+    }
+    let events = datapath
+        .take_events()
+        .ok_or(bpf::Error::BugMissing(zgate_common::event::MAP))?;
+    let mut state = State::new(opts.clone(), datapath, mesh)?;
+    let generation = state.apply()?;
+    tracing::info!(
+        generation,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        cgroup = %node.cgroup_root.display(),
+        bpffs = %state.paths().root().display(),
+        admin = %node.admin_socket.display(),
+        "zgate agent ready"
+    );
+
+    let (tx, mut rx) = mpsc::channel(1024);
+    let admin = admin::serve(&node.admin_socket, tx.clone())?;
+    let _events = events::spawn(events, tx.clone())?;
+    let _watch = opts
+        .config
+        .as_deref()
+        .map(|dir| watch::spawn(dir, tx.clone()))
+        .transpose()?;
+    use tokio::signal::unix::SignalKind;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let exit = loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => state.handle(cmd),
+                None => break Exit::KeepEnforcing,
+            },
+            _ = interrupt.recv() => break Exit::Detach,
+            _ = terminate.recv() => break Exit::KeepEnforcing,
+            _ = hangup.recv() => state.handle(Command::Reload),
+        }
+    };
+    drop(admin);
+    let _ = std::fs::remove_file(&node.admin_socket);
+    match exit {
+        Exit::Detach => {
+            state.shutdown()?;
+            tracing::info!("detached every program and removed every map and cgroup zgate created");
+        }
+        Exit::KeepEnforcing => {
+            state.save()?;
+            tracing::info!("stopped; the pinned programs keep enforcing the last policy");
+        }
+    }
+    Ok(())
+}
+
+/// Remove every program, link, map, cgroup and file zgate created.
+pub fn uninstall(node: &NodeOptions) -> Result<(), Error> {
+    bpf::preflight(&node.cgroup_root, &node.bpffs)?;
+    bpf::uninstall(&Paths::new(&node.bpffs, &node.instance))?;
+    remove_cgroup_tree(&node.cgroup_root)?;
+    for file in [node.state_file(), node.admin_socket.clone()] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "removing",
+                    path: file,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_cgroup_tree(root: &Path) -> Result<(), Error> {
+    let workloads = root.join("workloads");
+    if let Ok(entries) = std::fs::read_dir(&workloads) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                workload::remove_cgroup(&entry.path())?;
+            }
+        }
+    }
+    workload::remove_cgroup(&workloads)?;
+    workload::remove_cgroup(root)?;
+    Ok(())
+}
+
+fn load_mesh(opts: &AgentOptions) -> Result<Arc<MeshConfig>, Error> {
+    let mesh = match &opts.config {
+        Some(dir) => MeshConfig::load_dir(dir, &opts.mesh())?,
+        None => MeshConfig::demo(&opts.mesh())?,
+    };
+    Ok(Arc::new(mesh))
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, Error> {
+    tokio::signal::unix::signal(kind).map_err(|source| Error::Io {
+        op: "installing a signal handler for",
+        path: PathBuf::from("zgate"),
+        source,
+    })
+}

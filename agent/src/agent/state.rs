@@ -1,0 +1,318 @@
+//! The agent's state, owned by one task: the datapath's maps, the mesh
+//! config, the enrolled workloads, and the compiled live generation.
+
+use std::{fs, os::unix::fs::OpenOptionsExt as _, path::PathBuf, sync::Arc, time::Instant};
+
+use zgate_common::{
+    event::{VerdictEvent, HOOK_CONNECT, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
+    policy::{
+        REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY, REASON_NO_ALLOW_MATCHED,
+    },
+    workload::Workload as KernelWorkload,
+};
+
+use super::{load_mesh, AgentOptions, Command, Error};
+use crate::{
+    bpf::{self, Datapath, Paths, PolicyWriter},
+    compile::{self, Compiled, Identities, PolicyIds, WorkloadPolicies},
+    config::MeshConfig,
+    identity::SpiffeId,
+    policy::Reason,
+    workload::{Registry, Spec, Workload},
+};
+
+pub(super) struct State {
+    opts: AgentOptions,
+    datapath: Datapath,
+    writer: PolicyWriter,
+    mesh: Arc<MeshConfig>,
+    registry: Registry,
+    identities: Identities,
+    policy_ids: PolicyIds,
+    compiled: Compiled,
+}
+
+/// What survives an agent restart besides the pinned maps: the enrolled
+/// workloads, and the identities in id order (ids are in the maps).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    identities: Vec<SpiffeId>,
+    workloads: Vec<Workload>,
+}
+
+impl State {
+    pub fn new(
+        opts: AgentOptions,
+        mut datapath: Datapath,
+        mesh: Arc<MeshConfig>,
+    ) -> Result<Self, Error> {
+        let writer = PolicyWriter::new(&datapath.maps.config);
+        let mut registry = Registry::new(&opts.node.cgroup_root);
+        let mut identities = Identities::default();
+        let path = opts.node.state_file();
+        if let Ok(text) = fs::read_to_string(&path) {
+            let saved: Saved = serde_json::from_str(&text).map_err(|source| Error::State {
+                path: path.clone(),
+                source,
+            })?;
+            for id in &saved.identities {
+                identities.intern(id);
+            }
+            registry.adopt(saved.workloads);
+        }
+        // Re-register adopted workloads; drop entries for cgroups that are gone.
+        let stale: Vec<u64> = datapath
+            .maps
+            .workloads
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for cgroup in stale {
+            let _ = datapath.maps.workloads.remove(&cgroup);
+        }
+        for wl in registry.workloads() {
+            let identity = identities.intern(&wl.identity);
+            datapath
+                .maps
+                .workloads
+                .insert(
+                    wl.cgroup_id,
+                    KernelWorkload {
+                        id: wl.id,
+                        identity,
+                    },
+                    0,
+                )
+                .map_err(|source| bpf::Error::Map {
+                    name: "ZG_WORKLOADS",
+                    source,
+                })?;
+            tracing::info!(workload = wl.id, identity = %wl.identity, "adopted workload");
+        }
+        Ok(Self {
+            opts,
+            datapath,
+            writer,
+            mesh,
+            registry,
+            identities,
+            policy_ids: PolicyIds::default(),
+            compiled: Compiled::default(),
+        })
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.datapath.paths
+    }
+
+    /// Compile the mesh config for every enrolled workload and make it the
+    /// live generation. On error the previous generation stays enforced.
+    pub fn apply(&mut self) -> Result<u32, Error> {
+        let started = Instant::now();
+        let td = self.opts.trust_domain.clone();
+        for entry in self.mesh.workloads() {
+            self.identities.intern(&SpiffeId::new(
+                &td,
+                &entry.namespace,
+                &entry.service_account,
+            ));
+        }
+        let workloads: Vec<WorkloadPolicies> = self
+            .registry
+            .workloads()
+            .map(|wl| WorkloadPolicies {
+                id: wl.id,
+                name: format!("{}/{}", wl.spec.namespace, wl.spec.name),
+                policies: self.mesh.policies_for(&wl.spec.namespace, &wl.spec.labels),
+            })
+            .collect();
+        let compiled = compile::compile(&workloads, &self.identities, &mut self.policy_ids)?;
+        let maps = &mut self.datapath.maps;
+        let generation = self
+            .writer
+            .apply(&mut maps.policy, &mut maps.config, &compiled)?;
+        self.compiled = compiled;
+        tracing::info!(
+            generation,
+            workloads = workloads.len(),
+            sets = self.compiled.sets.len(),
+            apply_us = started.elapsed().as_micros() as u64,
+            "policy applied"
+        );
+        self.save()?;
+        Ok(generation)
+    }
+
+    pub fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enroll(spec, reply) => {
+                let result = self.enroll(spec).map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            Command::Deregister(id) => {
+                if let Err(e) = self.deregister(id) {
+                    tracing::error!(workload = id, "deregistering: {e}");
+                }
+            }
+            Command::Reload => self.reload(),
+            Command::Event(ev) => self.log_event(&ev),
+        }
+    }
+
+    fn enroll(&mut self, spec: Spec) -> Result<Workload, Error> {
+        let wl = self.registry.enroll(spec, &self.opts.trust_domain)?;
+        let identity = self.identities.intern(&wl.identity);
+        let entry = KernelWorkload {
+            id: wl.id,
+            identity,
+        };
+        let inserted = self
+            .datapath
+            .maps
+            .workloads
+            .insert(wl.cgroup_id, entry, 0)
+            .map_err(|source| {
+                Error::Bpf(bpf::Error::Map {
+                    name: "ZG_WORKLOADS",
+                    source,
+                })
+            });
+        if let Err(e) = inserted.and_then(|()| self.apply().map(|_| ())) {
+            let _ = self.datapath.maps.workloads.remove(&wl.cgroup_id);
+            let _ = self.registry.remove(wl.id);
+            return Err(e);
+        }
+        tracing::info!(
+            workload = wl.id,
+            identity = %wl.identity,
+            cgroup = %wl.cgroup.display(),
+            "enrolled"
+        );
+        Ok(wl)
+    }
+
+    fn deregister(&mut self, id: u32) -> Result<(), Error> {
+        let wl = self.registry.remove(id)?;
+        let maps = &mut self.datapath.maps;
+        let _ = maps.workloads.remove(&wl.cgroup_id);
+        let owned: Vec<_> = maps
+            .listeners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| *owner == id)
+            .map(|(k, _)| k)
+            .collect();
+        for key in owned {
+            let _ = maps.listeners.remove(&key);
+        }
+        self.apply()?;
+        tracing::info!(workload = id, identity = %wl.identity, "deregistered");
+        Ok(())
+    }
+
+    /// Re-read the config directory; a bad file is reported and the last
+    /// good policy stays enforced.
+    fn reload(&mut self) {
+        if self.opts.config.is_none() {
+            return;
+        }
+        let mesh = match load_mesh(&self.opts) {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                tracing::error!("config not applied, the previous policy stays enforced: {e}");
+                return;
+            }
+        };
+        let previous = std::mem::replace(&mut self.mesh, mesh);
+        if let Err(e) = self.apply() {
+            tracing::error!("config not applied, the previous policy stays enforced: {e}");
+            self.mesh = previous;
+        }
+    }
+
+    fn log_event(&self, ev: &VerdictEvent) {
+        let policy = self.policy_ids.key(ev.policy);
+        let reason = match (ev.reason, policy) {
+            (REASON_EXPLICIT_DENY, Some(key)) => Reason::ExplicitDeny(key.clone()).to_string(),
+            (REASON_NO_ALLOW_MATCHED, _) => Reason::NoAllowMatched.to_string(),
+            (REASON_ALLOW_MATCHED | REASON_DEFAULT_ALLOW, _) => "allowed".to_owned(),
+            _ => "no policy compiled for this workload yet (fail closed)".to_owned(),
+        };
+        let src_identity = self
+            .identities
+            .get(ev.identity)
+            .map_or_else(|| "none (plaintext)".to_owned(), ToString::to_string);
+        let dst_workload = self.registry.get(ev.workload).map_or_else(
+            || format!("#{}", ev.workload),
+            |w| format!("{}/{}", w.spec.namespace, w.spec.name),
+        );
+        let src = std::net::SocketAddr::new(ev.src.into(), ev.src_port);
+        let dst = std::net::SocketAddr::new(ev.dst.into(), ev.dst_port);
+        let hook = if ev.hook == HOOK_CONNECT {
+            "connect"
+        } else {
+            "accept"
+        };
+        let policy = policy.map(ToString::to_string).unwrap_or_default();
+        match ev.kind {
+            KIND_DENY => tracing::warn!(
+                src.addr = %src, src.identity = %src_identity, dst.addr = %dst,
+                dst.workload = %dst_workload, policy = %policy, hook,
+                error = %format!("connection closed due to policy rejection: {reason}"),
+                "deny"
+            ),
+            KIND_DRY_RUN_DENY_MATCH => tracing::info!(
+                src.addr = %src, src.identity = %src_identity, dst.workload = %dst_workload,
+                policy = %policy, hook, "dry-run: deny policy match"
+            ),
+            _ => tracing::info!(
+                src.addr = %src, src.identity = %src_identity, dst.workload = %dst_workload,
+                hook, "dry-run: no allow policies match"
+            ),
+        }
+    }
+
+    /// Record enrolled workloads and identities for the next agent (0600).
+    pub fn save(&self) -> Result<(), Error> {
+        let saved = Saved {
+            identities: (1..=self.identities.len() as u32)
+                .filter_map(|n| self.identities.get(n).cloned())
+                .collect(),
+            workloads: self.registry.workloads().cloned().collect(),
+        };
+        let path = self.opts.node.state_file();
+        let io = |op, path: &PathBuf| {
+            let path = path.clone();
+            move |source| Error::Io { op, path, source }
+        };
+        fs::create_dir_all(&self.opts.node.state_dir)
+            .map_err(io("creating", &self.opts.node.state_dir))?;
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&saved).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("writing", &tmp))?;
+        std::io::Write::write_all(&mut file, &text).map_err(io("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("replacing", &path))?;
+        Ok(())
+    }
+
+    /// Ctrl-C: remove the workloads' cgroups, then every pin and the
+    /// agent's cgroup and state.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        let ids: Vec<u32> = self.registry.workloads().map(|w| w.id).collect();
+        for id in ids {
+            self.registry.remove(id)?;
+        }
+        let node = self.opts.node.clone();
+        drop(self.datapath);
+        super::uninstall(&node)
+    }
+}

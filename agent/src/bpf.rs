@@ -1,0 +1,352 @@
+//! The datapath: loads the embedded eBPF object, attaches its programs to
+//! zgate's cgroup and network namespace, and pins programs' links and maps
+//! under bpffs, so enforcement survives the agent (fail-static) and a
+//! restarted agent adopts what is pinned instead of attaching twice.
+
+use std::{
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, Program,
+    },
+    Ebpf, EbpfLoader,
+};
+use zgate_common::{
+    config::{self, Config},
+    conn::{self, ConnKey, ConnPeer},
+    event,
+    listener::{self, ListenerKey},
+    policy::{
+        self, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
+        TermKey, WorkloadPolicyKey,
+    },
+    workload::{self, Workload},
+};
+
+mod paths;
+mod preflight;
+mod writer;
+
+pub use paths::Paths;
+pub use preflight::preflight;
+pub use writer::PolicyWriter;
+
+/// The eBPF object built by `build.rs` from `ebpf/progs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zgate.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name}: pinning its link at {}: {source}", path.display())]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("bug: the eBPF object has no {0}")]
+    BugMissing(&'static str),
+    #[error("{0}")]
+    Preflight(String),
+}
+
+/// Where each program attaches.
+#[derive(Clone, Copy)]
+enum Target {
+    Cgroup,
+    Netns,
+}
+
+/// Every program in the object, in attach order: listener learning and
+/// identity recording before the verdict hooks that read them.
+const PROGRAMS: [(&str, Target); 7] = [
+    ("zg_post_bind4", Target::Cgroup),
+    ("zg_post_bind6", Target::Cgroup),
+    ("zg_sock_release", Target::Cgroup),
+    ("zg_sock_ops", Target::Cgroup),
+    ("zg_connect4", Target::Cgroup),
+    ("zg_connect6", Target::Cgroup),
+    ("zg_sk_lookup", Target::Netns),
+];
+
+/// Capacities of the maps the agent sizes at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub policy_entries: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            policy_entries: 262_144,
+        }
+    }
+}
+
+/// The loaded, attached datapath and typed handles to its maps.
+pub struct Datapath {
+    pub paths: Paths,
+    /// Programs attached by this agent (true) or adopted from bpffs (false).
+    pub attached: Vec<(&'static str, bool)>,
+    pub maps: Maps,
+    events: Option<RingBuf<MapData>>,
+    _links: Vec<PinnedLink>,
+    _ebpf: Ebpf,
+}
+
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub workloads: HashMap<MapData, u64, Workload>,
+    pub listeners: HashMap<MapData, ListenerKey, u32>,
+    pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
+    pub policy: PolicyMaps,
+}
+
+pub struct PolicyMaps {
+    pub workload_policy: HashMap<MapData, WorkloadPolicyKey, u32>,
+    pub sets: HashMap<MapData, PolicySetKey, PolicySet>,
+    pub identity_bits: HashMap<MapData, IdentityBitsKey, TermBits>,
+    pub port_bits: HashMap<MapData, PortBitsKey, TermBits>,
+    pub ip_bits: LpmTrie<MapData, IpBitsKey, TermBits>,
+    pub terms: HashMap<MapData, TermKey, TermInfo>,
+}
+
+// === impl Datapath ===
+
+impl Datapath {
+    /// Load the object (reusing pinned maps), then attach each program that
+    /// has no pinned link yet and pin its link.
+    pub fn install(
+        paths: Paths,
+        cgroup: &Path,
+        netns: &Path,
+        sizes: MapSizes,
+    ) -> Result<Self, Error> {
+        for dir in [paths.maps(), paths.links()] {
+            fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                op: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(paths.maps());
+        for name in [
+            policy::WORKLOAD_POLICY_MAP,
+            policy::POLICY_SET_MAP,
+            policy::IDENTITY_BITS_MAP,
+            policy::PORT_BITS_MAP,
+            policy::IP_BITS_MAP,
+            policy::TERM_MAP,
+        ] {
+            loader.map_max_entries(name, sizes.policy_entries);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        let cgroup_file = open(cgroup)?;
+        let netns_file = open(netns)?;
+        let mut links = Vec::new();
+        let mut attached = Vec::new();
+        for (name, target) in PROGRAMS {
+            let pin = paths.link(name);
+            if pin.exists() {
+                let link = PinnedLink::from_pin(&pin).map_err(|e| Error::Pin {
+                    name,
+                    path: pin.clone(),
+                    source: Box::new(e),
+                })?;
+                links.push(link);
+                attached.push((name, false));
+                continue;
+            }
+            let link = attach(&mut ebpf, name, target, &cgroup_file, &netns_file)?;
+            let pinned = link.pin(&pin).map_err(|e| Error::Pin {
+                name,
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            links.push(pinned);
+            attached.push((name, true));
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        let events = Some(take(&mut ebpf, event::MAP)?);
+        Ok(Self {
+            paths,
+            attached,
+            maps,
+            events,
+            _links: links,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+impl Datapath {
+    /// The verdict-event ring buffer, for the one task that reads it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+}
+
+/// Detach every pinned program and remove every pinned map under `paths`.
+/// Safe to call when nothing (or only part) is installed.
+pub fn uninstall(paths: &Paths) -> Result<(), Error> {
+    for (name, _) in PROGRAMS {
+        let pin = paths.link(name);
+        if !pin.exists() {
+            continue;
+        }
+        let link = PinnedLink::from_pin(&pin).map_err(|e| Error::Pin {
+            name,
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        // Unpinning drops the last reference to the link: it detaches.
+        drop(link.unpin().map_err(|source| Error::Io {
+            op: "unpinning",
+            path: pin,
+            source,
+        })?);
+    }
+    let maps = paths.maps();
+    if let Ok(entries) = fs::read_dir(&maps) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|source| Error::Io {
+                op: "removing",
+                path,
+                source,
+            })?;
+        }
+    }
+    let instance = paths.root().parent().map(Path::to_owned);
+    for dir in [paths.maps(), paths.links(), paths.root().to_owned()]
+        .into_iter()
+        .chain(instance)
+    {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "removing",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    target: Target,
+    cgroup: &File,
+    netns: &File,
+) -> Result<FdLink, Error> {
+    let program = ebpf.program_mut(name).ok_or(Error::BugMissing(name))?;
+    let err = |source| Error::Program { name, source };
+    // Links (kernel 5.7+) always coexist with other programs on the cgroup;
+    // `bpf_link_create` rejects any attach flag, so the mode must be Single.
+    let mode = CgroupAttachMode::Single;
+    let link: FdLink = match (target, program) {
+        (Target::Cgroup, Program::CgroupSockAddr(p)) => {
+            load(p.load(), name)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        (Target::Cgroup, Program::CgroupSock(p)) => {
+            load(p.load(), name)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        (Target::Cgroup, Program::SockOps(p)) => {
+            load(p.load(), name)?;
+            let id = p.attach(cgroup, mode).map_err(err)?;
+            fd_link(name, p.take_link(id).map_err(err)?)?
+        }
+        (Target::Netns, Program::SkLookup(p)) => {
+            load(p.load(), name)?;
+            let id = p.attach(netns).map_err(err)?;
+            p.take_link(id).map_err(err)?.into()
+        }
+        _ => return Err(Error::BugMissing(name)),
+    };
+    Ok(link)
+}
+
+/// Cgroup links made with `bpf_link_create` (kernel 5.7+) can be pinned.
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, Error>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    link.try_into().map_err(|e| Error::Pin {
+        name,
+        path: PathBuf::new(),
+        source: Box::new(e),
+    })
+}
+
+fn load(result: Result<(), aya::programs::ProgramError>, name: &'static str) -> Result<(), Error> {
+    result.map_err(|source| Error::Program { name, source })
+}
+
+fn open(path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|source| Error::Io {
+        op: "opening",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+// === impl Maps ===
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        Ok(Self {
+            config: take(ebpf, config::MAP)?,
+            workloads: take(ebpf, workload::MAP)?,
+            listeners: take(ebpf, listener::MAP)?,
+            conn_peer: take(ebpf, conn::MAP)?,
+            policy: PolicyMaps {
+                workload_policy: take(ebpf, policy::WORKLOAD_POLICY_MAP)?,
+                sets: take(ebpf, policy::POLICY_SET_MAP)?,
+                identity_bits: take(ebpf, policy::IDENTITY_BITS_MAP)?,
+                port_bits: take(ebpf, policy::PORT_BITS_MAP)?,
+                ip_bits: take(ebpf, policy::IP_BITS_MAP)?,
+                terms: take(ebpf, policy::TERM_MAP)?,
+            },
+        })
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::BugMissing(name))?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}

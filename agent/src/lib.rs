@@ -1,0 +1,15 @@
+//! zgate: Istio ambient mode's L4 security policy (AuthorizationPolicy and
+//! PeerAuthentication, as ztunnel enforces them) compiled into BPF maps and
+//! enforced in the kernel at connect and accept time.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod bpf;
+pub mod check;
+pub mod compile;
+pub mod config;
+pub mod identity;
+pub mod policy;
+pub mod run;
+mod sys;
+pub mod workload;

@@ -1,0 +1,91 @@
+//! The `zgate` command line. Each subcommand's logic lives in the library;
+//! this file only parses arguments, prints, and maps errors to exit status
+//! 2 with one line on stderr.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use zgate::{agent, check, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zgate",
+    version,
+    about = "Istio ambient L4 policy, enforced with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide one connection as ztunnel would, and say why.
+    Check(Box<check::CheckArgs>),
+    /// Show each AuthorizationPolicy's status and each workload's effective mTLS.
+    Policies(check::PoliciesArgs),
+    /// Run the node daemon: load and attach the eBPF programs and enforce
+    /// the config (default: the embedded ambient-demo example). Ctrl-C
+    /// detaches everything; SIGTERM keeps the last policy enforced.
+    Agent(agent::AgentOptions),
+    /// Run a command as an enrolled workload of the running agent.
+    Run(run::RunArgs),
+    /// Remove every program, link, map and cgroup zgate created.
+    Uninstall(agent::NodeOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Warnings (skipped kinds, ignored fields) go to stderr; RUST_LOG overrides.
+    let default = if matches!(cli.command, Command::Agent(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Only fails if a subscriber is already set, which is then used instead.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zgate: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = match cli.command {
+        Command::Check(args) => check::run_check(&args)?.render(args.json)?,
+        Command::Policies(args) => check::run_policies(&args)?.render(args.json)?,
+        Command::Agent(opts) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(agent::run(opts))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Run(args) => return Ok(exit_code(run::run(&args)?)),
+        Command::Uninstall(node) => {
+            agent::uninstall(&node)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workload's exit status, shell-style (128 + signal when killed).
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -1,0 +1,43 @@
+//! `ZG_CONN_PEER`: connection 5-tuple → the peer identity behind it.
+//!
+//! Written by the agent for connections it delivers after authenticating the
+//! peer over mTLS, and by the `sock_ops` program for connections between
+//! workloads on this node; read by the accept-side program. Entries live as
+//! long as the connection. A plain hash (not LRU): an evicted identity would
+//! silently turn an authenticated peer into a plaintext one.
+
+use crate::Addr;
+
+pub const MAP: &str = "ZG_CONN_PEER";
+pub const MAX_ENTRIES: u32 = 65_536;
+
+/// The peer was authenticated by the agent (HBONE/mTLS).
+pub const ORIGIN_AGENT: u32 = 1;
+/// The peer is an enrolled workload on this node (recorded at `connect()`).
+pub const ORIGIN_LOCAL: u32 = 2;
+
+/// A TCP/UDP connection as the destination sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ConnKey>() == 48);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnPeer {
+    /// Numeric identity of the authenticated peer (never 0).
+    pub identity: u32,
+    /// `ORIGIN_*`.
+    pub origin: u32,
+    /// The original source address when the agent relayed the connection,
+    /// used for `ipBlocks`; all-zero (family 0) means "the packet's source".
+    pub original_src: Addr,
+}
+const _: () = assert!(size_of::<ConnPeer>() == 28);

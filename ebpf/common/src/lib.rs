@@ -1,0 +1,126 @@
+//! The kernel/userspace ABI of zgate: every map key and value, event record,
+//! verdict code and map name shared by the eBPF programs (`ebpf/progs`) and
+//! the agent. Nothing here is redefined anywhere else.
+//!
+//! Every type is `#[repr(C)]` with explicit padding, no `bool` and no
+//! implicit enum tags, and carries a compile-time size assertion. Changing a
+//! layout means bumping [`ABI_VERSION`], which is part of every pin path, so
+//! a new agent never misreads maps pinned by an old one.
+#![no_std]
+
+pub mod config;
+pub mod conn;
+pub mod event;
+pub mod listener;
+pub mod policy;
+pub mod workload;
+
+/// Version of the layouts in this crate; part of the bpffs pin path.
+pub const ABI_VERSION: u32 = 1;
+
+/// `AF_INET` as the kernel numbers it.
+pub const AF_INET: u8 = 2;
+/// `AF_INET6` as the kernel numbers it.
+pub const AF_INET6: u8 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u8 = 6;
+
+/// An IPv4 or IPv6 address in network byte order. IPv4 uses the first four
+/// bytes and leaves the rest zero; IPv4-mapped IPv6 addresses are stored as
+/// IPv4 (as ztunnel canonicalises them), so a v4 CIDR matches them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub bytes: [u8; 16],
+}
+const _: () = assert!(size_of::<Addr>() == 20);
+
+impl Addr {
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        let mut bytes = [0; 16];
+        bytes[0] = octets[0];
+        bytes[1] = octets[1];
+        bytes[2] = octets[2];
+        bytes[3] = octets[3];
+        Self {
+            family: AF_INET,
+            _pad: [0; 3],
+            bytes,
+        }
+    }
+
+    /// An IPv6 address; IPv4-mapped ones (`::ffff:a.b.c.d`) become IPv4.
+    pub const fn v6(octets: [u8; 16]) -> Self {
+        let mapped = octets[10] == 0xff && octets[11] == 0xff && {
+            let mut i = 0;
+            let mut zero = true;
+            while i < 10 {
+                zero &= octets[i] == 0;
+                i += 1;
+            }
+            zero
+        };
+        if mapped {
+            return Self::v4([octets[12], octets[13], octets[14], octets[15]]);
+        }
+        Self {
+            family: AF_INET6,
+            _pad: [0; 3],
+            bytes: octets,
+        }
+    }
+
+    /// The unspecified ("any") address of a family.
+    pub const fn any(family: u8) -> Self {
+        Self {
+            family,
+            _pad: [0; 3],
+            bytes: [0; 16],
+        }
+    }
+}
+
+impl From<core::net::IpAddr> for Addr {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(v4) => Self::v4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self::v6(v6.octets()),
+        }
+    }
+}
+
+impl From<Addr> for core::net::IpAddr {
+    fn from(a: Addr) -> Self {
+        if a.family == AF_INET6 {
+            core::net::IpAddr::from(a.bytes)
+        } else {
+            core::net::IpAddr::from([a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]])
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, has explicit padding
+    // and no invalid bit patterns.
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for config::Config {}
+    unsafe impl aya::Pod for conn::ConnKey {}
+    unsafe impl aya::Pod for conn::ConnPeer {}
+    unsafe impl aya::Pod for event::VerdictEvent {}
+    unsafe impl aya::Pod for listener::ListenerKey {}
+    unsafe impl aya::Pod for policy::TermBits {}
+    unsafe impl aya::Pod for policy::WorkloadPolicyKey {}
+    unsafe impl aya::Pod for policy::PolicySetKey {}
+    unsafe impl aya::Pod for policy::PolicySet {}
+    unsafe impl aya::Pod for policy::IdentityBitsKey {}
+    unsafe impl aya::Pod for policy::PortBitsKey {}
+    unsafe impl aya::Pod for policy::IpBitsKey {}
+    unsafe impl aya::Pod for policy::TermKey {}
+    unsafe impl aya::Pod for policy::TermInfo {}
+    unsafe impl aya::Pod for workload::Workload {}
+}

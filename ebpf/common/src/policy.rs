@@ -1,0 +1,271 @@
+//! The compiled policy: the maps that let a program decide a connection with
+//! a fixed number of look-ups, however many policies exist.
+//!
+//! The agent turns every AuthorizationPolicy (and each PeerAuthentication,
+//! as a synthetic DENY) that applies to a workload into disjunctive *terms*:
+//! a term is one way a rule can match, the AND of one match chosen from each
+//! of the rule's clauses. A term's predicate splits into four independent
+//! dimensions — source identity, source IP, destination IP, destination port
+//! — so for each dimension the agent stores, per value class, the bitset of
+//! terms whose predicate holds there. A verdict is then four look-ups and an
+//! AND of four bitsets (`decide`), the bit-vector classification scheme.
+//!
+//! Workloads with the same set of applicable policies share one *policy set*.
+//! Every key carries the policy generation; the agent writes a complete new
+//! generation, flips `config::Config::generation`, then deletes the old one,
+//! so no connection is ever decided against a half-written policy.
+
+use crate::Addr;
+
+/// Width of a term bitset: a policy set holds at most this many terms.
+pub const TERM_WORDS: usize = 4;
+pub const MAX_TERMS: usize = TERM_WORDS * 64;
+
+pub const WORKLOAD_POLICY_MAP: &str = "ZG_WL_POLICY";
+pub const POLICY_SET_MAP: &str = "ZG_POLICY_SETS";
+pub const IDENTITY_BITS_MAP: &str = "ZG_ID_BITS";
+pub const PORT_BITS_MAP: &str = "ZG_PORT_BITS";
+pub const IP_BITS_MAP: &str = "ZG_IP_BITS";
+pub const TERM_MAP: &str = "ZG_TERMS";
+
+/// Identity 0 is "no identity": a plaintext connection.
+pub const IDENTITY_NONE: u32 = 0;
+/// No policy decided (default allow, or a fail-closed denial).
+pub const POLICY_NONE: u32 = u32::MAX;
+
+/// `PolicySet::flags`: at least one enforced ALLOW policy applies.
+pub const SET_HAS_ALLOW: u32 = 1;
+/// At least one dry-run ALLOW policy applies.
+pub const SET_HAS_DRY_ALLOW: u32 = 2;
+/// Some term constrains the source IP: a connect-side verdict, taken before
+/// the source address is chosen, must leave the decision to the accept side.
+pub const SET_SRC_IP_SENSITIVE: u32 = 4;
+
+/// `IpBitsKey::dim`.
+pub const DIM_SRC_IP: u8 = 1;
+pub const DIM_DST_IP: u8 = 2;
+/// Bits of `IpBitsKey` before the address: always fully part of the prefix.
+pub const IP_KEY_FIXED_BITS: u32 = 96;
+
+/// `TermInfo::flags`: the term belongs to a PeerAuthentication-derived policy.
+pub const TERM_PEER_AUTHN: u32 = 1;
+
+/// Why a verdict was reached; mirrored by the agent's `Reason`.
+pub const REASON_DEFAULT_ALLOW: u8 = 1;
+pub const REASON_ALLOW_MATCHED: u8 = 2;
+pub const REASON_EXPLICIT_DENY: u8 = 3;
+pub const REASON_NO_ALLOW_MATCHED: u8 = 4;
+/// An enrolled workload has no compiled policy yet, or a map entry the
+/// compiler always writes is missing: fail closed.
+pub const REASON_NO_POLICY: u8 = 5;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TermBits {
+    pub words: [u64; TERM_WORDS],
+}
+const _: () = assert!(size_of::<TermBits>() == 32);
+
+impl TermBits {
+    pub const EMPTY: Self = Self {
+        words: [0; TERM_WORDS],
+    };
+
+    pub fn set(&mut self, term: usize) {
+        if let Some(w) = self.words.get_mut(term / 64) {
+            *w |= 1 << (term % 64);
+        }
+    }
+
+    pub fn contains(&self, term: usize) -> bool {
+        self.words
+            .get(term / 64)
+            .is_some_and(|w| w & (1 << (term % 64)) != 0)
+    }
+}
+
+/// `(generation, workload id)` → policy set id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkloadPolicyKey {
+    pub generation: u32,
+    pub workload: u32,
+}
+const _: () = assert!(size_of::<WorkloadPolicyKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicySetKey {
+    pub generation: u32,
+    pub set: u32,
+}
+const _: () = assert!(size_of::<PolicySetKey>() == 8);
+
+/// One policy set: which terms are DENY/ALLOW (enforced or dry-run), and
+/// the bitsets for values that have no entry of their own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    pub deny: TermBits,
+    pub allow: TermBits,
+    pub dry_deny: TermBits,
+    pub dry_allow: TermBits,
+    /// Identity-dimension bits of a plaintext connection.
+    pub identity_plaintext: TermBits,
+    /// Identity-dimension bits of an identity with no entry in `ZG_ID_BITS`.
+    pub identity_default: TermBits,
+    /// Port-dimension bits of a port with no entry in `ZG_PORT_BITS`.
+    pub port_default: TermBits,
+    /// `SET_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PolicySet>() == 232);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityBitsKey {
+    pub generation: u32,
+    pub set: u32,
+    pub identity: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<IdentityBitsKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortBitsKey {
+    pub generation: u32,
+    pub set: u32,
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PortBitsKey>() == 12);
+
+/// The data part of an LPM-trie key (the trie prepends the prefix length).
+/// The first `IP_KEY_FIXED_BITS` bits are always part of the prefix; each
+/// (generation, set, dimension, family) has a default entry whose prefix
+/// stops there, so a look-up never misses for a compiled set. The entry for
+/// a CIDR holds the bits of the terms satisfied by *every* CIDR containing
+/// it, which the longest-prefix match makes exact for each address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpBitsKey {
+    pub generation: u32,
+    pub set: u32,
+    pub dim: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<IpBitsKey>() == 28);
+
+/// `(generation, set, term)` → the policy the term came from, read once per
+/// verdict to name the deciding policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TermKey {
+    pub generation: u32,
+    pub set: u32,
+    pub term: u32,
+}
+const _: () = assert!(size_of::<TermKey>() == 12);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TermInfo {
+    /// Numeric policy id (the agent maps it back to `namespace/name`).
+    pub policy: u32,
+    /// `TERM_*`.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<TermInfo>() == 8);
+
+/// The outcome of `decide`, before the deciding term is mapped to a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// `REASON_*`.
+    pub reason: u8,
+    /// The term that decided (`ALLOW_MATCHED` / `EXPLICIT_DENY`).
+    pub term: Option<u32>,
+    /// First dry-run DENY term that matched, if any.
+    pub dry_run_deny: Option<u32>,
+    /// Dry-run ALLOW policies exist, no enforced ALLOW does, and none matched.
+    pub dry_run_no_allow: bool,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self.reason, REASON_DEFAULT_ALLOW | REASON_ALLOW_MATCHED)
+    }
+}
+
+/// ztunnel's decision order over the four dimension bitsets of one
+/// connection: an enforced DENY match rejects; with no enforced ALLOW the
+/// connection is allowed; otherwise an ALLOW match is required.
+#[inline(always)]
+pub fn decide(
+    set: &PolicySet,
+    identity: &TermBits,
+    port: &TermBits,
+    src: &TermBits,
+    dst: &TermBits,
+) -> Decision {
+    let mut deny = None;
+    let mut allow = None;
+    let mut dry_deny = None;
+    let mut dry_allow = false;
+    let mut w = 0;
+    while w < TERM_WORDS {
+        let sat = identity.words[w] & port.words[w] & src.words[w] & dst.words[w];
+        if deny.is_none() {
+            deny = first_term(w, sat & set.deny.words[w]);
+        }
+        if allow.is_none() {
+            allow = first_term(w, sat & set.allow.words[w]);
+        }
+        if dry_deny.is_none() {
+            dry_deny = first_term(w, sat & set.dry_deny.words[w]);
+        }
+        dry_allow |= sat & set.dry_allow.words[w] != 0;
+        w += 1;
+    }
+    let has_allow = set.flags & SET_HAS_ALLOW != 0;
+    let dry_run_no_allow = !has_allow && set.flags & SET_HAS_DRY_ALLOW != 0 && !dry_allow;
+    let (reason, term) = if deny.is_some() {
+        (REASON_EXPLICIT_DENY, deny)
+    } else if !has_allow {
+        (REASON_DEFAULT_ALLOW, None)
+    } else if allow.is_some() {
+        (REASON_ALLOW_MATCHED, allow)
+    } else {
+        (REASON_NO_ALLOW_MATCHED, None)
+    };
+    Decision {
+        reason,
+        term,
+        dry_run_deny: dry_deny,
+        dry_run_no_allow,
+    }
+}
+
+#[inline(always)]
+fn first_term(word: usize, bits: u64) -> Option<u32> {
+    if bits == 0 {
+        None
+    } else {
+        Some(word as u32 * 64 + bits.trailing_zeros())
+    }
+}
+
+/// The LPM-trie key for an address in one dimension of one policy set.
+pub fn ip_key(generation: u32, set: u32, dim: u8, addr: &Addr) -> IpBitsKey {
+    IpBitsKey {
+        generation,
+        set,
+        dim,
+        family: addr.family,
+        _pad: [0; 2],
+        addr: addr.bytes,
+    }
+}

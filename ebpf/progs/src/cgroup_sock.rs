@@ -1,0 +1,79 @@
+//! `cgroup/post_bind4|6` and `cgroup/sock_release`: learn which enrolled
+//! workload owns each bound TCP address, so policy applies to whatever a
+//! workload listens on, and forget it when the socket goes away.
+//!
+//! `sock_release` may not read a socket's addresses, so `post_bind` also
+//! records socket cookie → bound address.
+//!
+//! # Minimum kernel version
+//! 4.17 (`post_bind`), 5.9 (`sock_release`), 5.10 (socket cookies here).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::cgroup_sock,
+    programs::SockContext,
+    EbpfContext as _,
+};
+use zgate_common::{listener::ListenerKey, Addr, IPPROTO_TCP};
+
+use crate::{
+    maps::{LISTENERS, LISTENER_COOKIES, WORKLOADS},
+    verdict::{addr_v4, addr_v6},
+};
+
+const PROCEED: i32 = 1;
+
+#[doc(alias = "BPF_CGROUP_INET4_POST_BIND")]
+#[cgroup_sock(post_bind4)]
+pub fn zg_post_bind4(ctx: SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run; post_bind4
+    // may read `src_ip4` and `src_port`.
+    let (addr, port) = unsafe { (addr_v4((*ctx.sock).src_ip4), (*ctx.sock).src_port) };
+    on_bind(&ctx, addr, port)
+}
+
+#[doc(alias = "BPF_CGROUP_INET6_POST_BIND")]
+#[cgroup_sock(post_bind6)]
+pub fn zg_post_bind6(ctx: SockContext) -> i32 {
+    // SAFETY: as above; post_bind6 may read `src_ip6` and `src_port`.
+    let (addr, port) = unsafe { (addr_v6((*ctx.sock).src_ip6), (*ctx.sock).src_port) };
+    on_bind(&ctx, addr, port)
+}
+
+#[doc(alias = "BPF_CGROUP_INET_SOCK_RELEASE")]
+#[cgroup_sock(sock_release)]
+pub fn zg_sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a plain Copy value, copied out at once.
+    if let Some(key) = unsafe { LISTENER_COOKIES.get(&cookie) }.copied() {
+        let _ = LISTENER_COOKIES.remove(&cookie);
+        let _ = LISTENERS.remove(&key);
+    }
+    PROCEED
+}
+
+#[inline(always)]
+fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    if unsafe { (*ctx.sock).protocol } != u32::from(IPPROTO_TCP) {
+        return PROCEED;
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: a plain Copy value, copied out at once.
+    let Some(workload) = unsafe { WORKLOADS.get(&cgroup) }.copied() else {
+        return PROCEED;
+    };
+    let key = ListenerKey {
+        addr,
+        port: port as u16,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A full map leaves the port unknown, so connections to it are not
+    // decided for this workload; the agent reports the fill level.
+    if LISTENERS.insert(&key, &workload.id, 0).is_ok() {
+        let _ = LISTENER_COOKIES.insert(&cookie, &key, 0);
+    }
+    PROCEED
+}

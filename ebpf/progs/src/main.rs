@@ -1,0 +1,30 @@
+//! zgate's eBPF programs. Every verdict is taken once per connection, at
+//! `connect()` (`cgroup/connect4|6`, EPERM before any packet is sent) or at
+//! SYN time (`sk_lookup`, `SK_DROP` → the client sees a RST), from the maps
+//! the agent compiled; nothing runs per packet.
+//!
+//! Each entry point is a one-line match over a `try_` function; every map
+//! and type comes from `zgate-common`.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod maps;
+mod verdict;
+
+mod cgroup_sock;
+mod cgroup_sock_addr;
+mod sk_lookup;
+mod sock_ops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction; a reachable panic loops forever, which
+    // the verifier rejects, so it can never ship.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

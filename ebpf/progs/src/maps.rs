@@ -1,0 +1,62 @@
+//! Map definitions. Names, key and value types come from `zgate-common`;
+//! every map is pinned by name, so programs and maps outlive the agent
+//! (fail-static) and a restarted agent adopts them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, RingBuf},
+};
+use zgate_common::{
+    config::Config,
+    conn::{self, ConnKey, ConnPeer},
+    event,
+    listener::{self, ListenerKey},
+    policy::{
+        IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
+        TermKey, WorkloadPolicyKey,
+    },
+    workload::{self, Workload},
+};
+
+/// Policy maps are sized by the agent at load time (`set_max_entries`).
+const POLICY_DEFAULT_ENTRIES: u32 = 65_536;
+
+#[map(name = "ZG_CONFIG")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "ZG_WORKLOADS")]
+pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(workload::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_LISTENERS")]
+pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_LISTENER_COOKIES")]
+pub static LISTENER_COOKIES: HashMap<u64, ListenerKey> =
+    HashMap::pinned(listener::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_CONN_PEER")]
+pub static CONN_PEER: HashMap<ConnKey, ConnPeer> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_WL_POLICY")]
+pub static WL_POLICY: HashMap<WorkloadPolicyKey, u32> =
+    HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_POLICY_SETS")]
+pub static POLICY_SETS: HashMap<PolicySetKey, PolicySet> =
+    HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_ID_BITS")]
+pub static ID_BITS: HashMap<IdentityBitsKey, TermBits> =
+    HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_PORT_BITS")]
+pub static PORT_BITS: HashMap<PortBitsKey, TermBits> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_IP_BITS")]
+pub static IP_BITS: LpmTrie<IpBitsKey, TermBits> = LpmTrie::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_TERMS")]
+pub static TERMS: HashMap<TermKey, TermInfo> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);

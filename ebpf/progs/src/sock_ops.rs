@@ -1,0 +1,85 @@
+//! `sock_ops`: records the identity of enrolled workloads' outgoing
+//! connections, keyed by 5-tuple, for the accept side on this node.
+//!
+//! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
+//! so the entry exists before the destination's `sk_lookup` runs. The entry
+//! is removed when the socket reaches `TCP_CLOSE`.
+//!
+//! # Minimum kernel version
+//! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
+    },
+    helpers::bpf_get_current_cgroup_id,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use zgate_common::{
+    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
+    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
+};
+
+use crate::{
+    maps::{CONN_PEER, WORKLOADS},
+    verdict::{addr_v4, addr_v6},
+};
+
+#[sock_ops]
+pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            if let Some(key) = conn_key(&ctx) {
+                // Absent for connections that were never recorded.
+                let _ = CONN_PEER.remove(&key);
+            }
+        }
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn on_connect(ctx: &SockOpsContext) {
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: a plain Copy value, copied out at once.
+    let Some(source) = (unsafe { WORKLOADS.get(&cgroup) }).copied() else {
+        return;
+    };
+    let Some(key) = conn_key(ctx) else {
+        return;
+    };
+    let peer = ConnPeer {
+        identity: source.identity,
+        origin: ORIGIN_LOCAL,
+        original_src: Addr::default(),
+    };
+    // If the map is full the entry is missing and the destination sees a
+    // plaintext peer: denied wherever identity is required (fail closed).
+    if CONN_PEER.insert(&key, &peer, 0).is_ok() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+}
+
+/// The connection as its destination sees it: source = our local end.
+#[inline(always)]
+fn conn_key(ctx: &SockOpsContext) -> Option<ConnKey> {
+    let (src, dst) = match ctx.family() {
+        f if f == u32::from(AF_INET) => (addr_v4(ctx.local_ip4()), addr_v4(ctx.remote_ip4())),
+        f if f == u32::from(AF_INET6) => (addr_v6(ctx.local_ip6()), addr_v6(ctx.remote_ip6())),
+        _ => return None,
+    };
+    Some(ConnKey {
+        src,
+        dst,
+        src_port: ctx.local_port() as u16,
+        // The kernel shifts the big-endian port into the upper half on
+        // little-endian hosts (`sock_ops_convert_ctx_access`).
+        dst_port: u16::from_be((ctx.remote_port() >> 16) as u16),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    })
+}

@@ -1,0 +1,230 @@
+//! The verdict shared by the connect and accept hooks: at most eleven map
+//! look-ups, whatever the number of policies (`zgate_common::policy`).
+
+use aya_ebpf::maps::lpm_trie::Key;
+use zgate_common::{
+    conn::ConnKey,
+    event::{self, VerdictEvent},
+    listener::ListenerKey,
+    policy::{
+        decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
+        WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, POLICY_NONE,
+        REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
+    },
+    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
+};
+
+use crate::maps::{
+    CONFIG, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, WL_POLICY,
+};
+
+/// A connection to an enrolled workload, as one hook sees it.
+pub struct Subject {
+    pub hook: u8,
+    /// Destination workload id.
+    pub workload: u32,
+    /// Source identity, `IDENTITY_NONE` for plaintext.
+    pub identity: u32,
+    pub conn: ConnKey,
+    /// False at `connect()`, before the kernel picked the source address.
+    pub src_known: bool,
+}
+
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Only at `connect()`: the policy depends on the source address, so the
+    /// accept side decides.
+    Defer,
+}
+
+/// The enrolled workload listening on `addr:port`, if any: the exact
+/// address, then the family's wildcard, then (for IPv4) a dual-stack `[::]`.
+#[inline(always)]
+pub fn listener(addr: &Addr, port: u16) -> Option<u32> {
+    let mut key = ListenerKey {
+        addr: *addr,
+        port,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: values are plain u32s, copied out before any map update.
+    if let Some(wl) = unsafe { LISTENERS.get(&key) } {
+        return Some(*wl);
+    }
+    key.addr = Addr::any(addr.family);
+    if let Some(wl) = unsafe { LISTENERS.get(&key) } {
+        return Some(*wl);
+    }
+    if addr.family == AF_INET {
+        key.addr = Addr::any(AF_INET6);
+        if let Some(wl) = unsafe { LISTENERS.get(&key) } {
+            return Some(*wl);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+pub fn judge(subject: &Subject) -> Verdict {
+    let generation = match CONFIG.get(0) {
+        Some(c) => c.generation,
+        None => 0,
+    };
+    let set_id = match unsafe {
+        WL_POLICY.get(&WorkloadPolicyKey {
+            generation,
+            workload: subject.workload,
+        })
+    } {
+        Some(s) => *s,
+        None => return deny_unconfigured(subject, generation),
+    };
+    // SAFETY: the agent replaces a generation only after flipping CONFIG, and
+    // deletes an old one only after that; a value read here stays valid for
+    // the rest of this program run (RCU).
+    let Some(set) = (unsafe {
+        POLICY_SETS.get(&PolicySetKey {
+            generation,
+            set: set_id,
+        })
+    }) else {
+        return deny_unconfigured(subject, generation);
+    };
+    if !subject.src_known && set.flags & SET_SRC_IP_SENSITIVE != 0 {
+        return Verdict::Defer;
+    }
+    let identity = if subject.identity == IDENTITY_NONE {
+        &set.identity_plaintext
+    } else {
+        let key = IdentityBitsKey {
+            generation,
+            set: set_id,
+            identity: subject.identity,
+            _pad: 0,
+        };
+        unsafe { ID_BITS.get(&key) }.unwrap_or(&set.identity_default)
+    };
+    let port_key = PortBitsKey {
+        generation,
+        set: set_id,
+        port: subject.conn.dst_port,
+        _pad: [0; 2],
+    };
+    let port = unsafe { PORT_BITS.get(&port_key) }.unwrap_or(&set.port_default);
+    let src_bits = address_bits(
+        generation,
+        set_id,
+        DIM_SRC_IP,
+        &subject.conn.src,
+        subject.src_known,
+    );
+    let Some(src) = src_bits else {
+        return deny_unconfigured(subject, generation);
+    };
+    let Some(dst) = address_bits(generation, set_id, DIM_DST_IP, &subject.conn.dst, true) else {
+        return deny_unconfigured(subject, generation);
+    };
+    let decision = decide(set, identity, port, src, dst);
+    if let Some(term) = decision.dry_run_deny {
+        let policy = term_policy(generation, set_id, term);
+        emit(subject, generation, event::KIND_DRY_RUN_DENY_MATCH, decision.reason, policy);
+    }
+    if decision.dry_run_no_allow {
+        emit(subject, generation, event::KIND_DRY_RUN_NO_ALLOW, decision.reason, POLICY_NONE);
+    }
+    if decision.allowed() {
+        return Verdict::Allow;
+    }
+    let policy = match decision.term {
+        Some(term) => term_policy(generation, set_id, term),
+        None => POLICY_NONE,
+    };
+    emit(subject, generation, event::KIND_DENY, decision.reason, policy);
+    Verdict::Deny
+}
+
+/// The term bitset for `addr` in one address dimension. With `exact` false
+/// only the set's default entry can match (the address is not known yet).
+#[inline(always)]
+fn address_bits(
+    generation: u32,
+    set: u32,
+    dim: u8,
+    addr: &Addr,
+    exact: bool,
+) -> Option<&'static TermBits> {
+    let addr_bits = match (exact, addr.family) {
+        (false, _) => 0,
+        (true, AF_INET6) => 128,
+        (true, _) => 32,
+    };
+    let key = Key::new(IP_KEY_FIXED_BITS + addr_bits, ip_key(generation, set, dim, addr));
+    IP_BITS.get(&key)
+}
+
+#[inline(always)]
+fn term_policy(generation: u32, set: u32, term: u32) -> u32 {
+    let key = TermKey {
+        generation,
+        set,
+        term,
+    };
+    match unsafe { TERMS.get(&key) } {
+        Some(info) => info.policy,
+        None => POLICY_NONE,
+    }
+}
+
+/// An enrolled workload with no compiled policy: the window before the first
+/// policy generation, or a missing entry. Fail closed.
+#[inline(always)]
+fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
+    emit(subject, generation, event::KIND_DENY, REASON_NO_POLICY, POLICY_NONE);
+    Verdict::Deny
+}
+
+#[inline(always)]
+fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
+    let Some(mut entry) = EVENTS.reserve::<VerdictEvent>(0) else {
+        // Ring full: the verdict stands; the agent counts lost events from
+        // the ring's producer position.
+        return;
+    };
+    entry.write(VerdictEvent {
+        kind,
+        hook: subject.hook,
+        reason,
+        _pad: 0,
+        generation,
+        src: subject.conn.src,
+        dst: subject.conn.dst,
+        src_port: subject.conn.src_port,
+        dst_port: subject.conn.dst_port,
+        identity: subject.identity,
+        workload: subject.workload,
+        policy,
+    });
+    entry.submit(0);
+}
+
+/// An address from the kernel's `u32`/`[u32; 4]` network-order fields.
+#[inline(always)]
+pub fn addr_v4(raw: u32) -> Addr {
+    Addr::v4(raw.to_le_bytes())
+}
+
+#[inline(always)]
+pub fn addr_v6(raw: [u32; 4]) -> Addr {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = raw[i].to_le_bytes();
+        b[i * 4] = w[0];
+        b[i * 4 + 1] = w[1];
+        b[i * 4 + 2] = w[2];
+        b[i * 4 + 3] = w[3];
+        i += 1;
+    }
+    Addr::v6(b)
+}

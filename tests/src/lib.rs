@@ -1,0 +1,1 @@
+//! Helpers for zgate's privileged integration tests.

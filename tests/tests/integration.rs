@@ -1,0 +1,1 @@
+//! Privileged integration tests: one binary, run by `cargo xtask test`.

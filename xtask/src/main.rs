@@ -1,0 +1,51 @@
+//! `cargo xtask`: the one entry point for everything that is not plain cargo.
+//!
+//! - `setup`: install the eBPF toolchain (idempotent, cached).
+//! - `build`: build the eBPF object and the agent that embeds it.
+//! - `run -- ARGS`: build, then run `zgate ARGS` as the node daemon.
+//! - `test`: lint, unit tests, and the privileged integration tests.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod build;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test zgate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain (rust-src, bpf-linker); cached and idempotent.
+    Setup,
+    /// Build the eBPF programs and the agent.
+    Build(build::Options),
+    /// Build, then run the agent as root: `cargo xtask run -- agent --config DIR`.
+    /// With no arguments it runs `zgate agent` on the embedded demo config.
+    Run(build::RunOptions),
+    /// Lint, run the unit tests and the privileged integration tests.
+    Test(test::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|_| ExitCode::SUCCESS),
+        Command::Build(opts) => build::build(&opts).map(|_| ExitCode::SUCCESS),
+        Command::Run(opts) => build::run(&opts),
+        Command::Test(opts) => test::run(&opts).map(|_| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
