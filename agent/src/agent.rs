@@ -151,7 +151,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
 pub fn uninstall(node: &NodeOptions) -> Result<(), Error> {
     bpf::preflight(&node.cgroup_root, &node.bpffs)?;
     bpf::uninstall(&Paths::new(&node.bpffs, &node.instance))?;
-    remove_cgroup_tree(&node.cgroup_root)?;
+    remove_cgroup_tree(&node.cgroup_root, &cgroup2_mount().unwrap_or_default())?;
     for file in [node.state_file(), node.admin_socket.clone()] {
         match std::fs::remove_file(&file) {
             Ok(()) => {}
@@ -168,17 +168,20 @@ pub fn uninstall(node: &NodeOptions) -> Result<(), Error> {
     Ok(())
 }
 
-fn remove_cgroup_tree(root: &Path) -> Result<(), Error> {
+/// Remove zgate's cgroup tree; processes still in it move to `evict_to` and
+/// keep running, no longer enforced.
+fn remove_cgroup_tree(root: &Path, evict_to: &Path) -> Result<(), Error> {
+    let leftovers = workload::Leftovers::MoveTo(evict_to);
     let workloads = root.join("workloads");
     if let Ok(entries) = std::fs::read_dir(&workloads) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                workload::remove_cgroup(&entry.path())?;
+                workload::remove_cgroup(&entry.path(), leftovers)?;
             }
         }
     }
-    workload::remove_cgroup(&workloads)?;
-    workload::remove_cgroup(root)?;
+    workload::remove_cgroup(&workloads, leftovers)?;
+    workload::remove_cgroup(root, leftovers)?;
     Ok(())
 }
 

@@ -138,11 +138,11 @@ impl Registry {
         Ok(wl)
     }
 
-    /// Forget the workload, kill whatever still runs in its cgroup, and
-    /// remove the cgroup.
-    pub fn remove(&mut self, id: u32) -> Result<Workload, Error> {
+    /// Forget the workload and remove its cgroup; `leftovers` says what
+    /// happens to processes still in it.
+    pub fn remove(&mut self, id: u32, leftovers: Leftovers<'_>) -> Result<Workload, Error> {
         let wl = self.workloads.remove(&id).ok_or(Error::Unknown(id))?;
-        remove_cgroup(&wl.cgroup)?;
+        remove_cgroup(&wl.cgroup, leftovers)?;
         Ok(wl)
     }
 }
@@ -186,13 +186,34 @@ pub fn current_cgroup(mount: &Path) -> Result<PathBuf, Error> {
     Ok(mount.join(rel.trim_start_matches('/')))
 }
 
-/// Kill every process left in the cgroup (`cgroup.kill`, 5.14+), wait for
-/// it to empty, and remove it. Missing cgroups are fine.
-pub fn remove_cgroup(dir: &Path) -> Result<(), Error> {
+/// What happens to processes left in a cgroup being removed.
+#[derive(Clone, Copy, Debug)]
+pub enum Leftovers<'a> {
+    /// The workload is over (its `zgate run` ended): kill what remains.
+    Kill,
+    /// zgate is detaching: the processes keep running, outside zgate.
+    MoveTo(&'a Path),
+}
+
+/// Empty the cgroup (killing or moving its processes), wait for it to
+/// empty, and remove it. Missing cgroups are fine.
+pub fn remove_cgroup(dir: &Path, leftovers: Leftovers<'_>) -> Result<(), Error> {
     if !dir.exists() {
         return Ok(());
     }
-    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    match leftovers {
+        // `cgroup.kill` (5.14+) kills the whole subtree at once.
+        Leftovers::Kill => {
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+        }
+        Leftovers::MoveTo(target) => {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                // A process that exited meanwhile cannot be moved: fine.
+                let _ = fs::write(target.join("cgroup.procs"), pid);
+            }
+        }
+    }
     let mut last = None;
     for _ in 0..200 {
         match fs::remove_dir(dir) {

@@ -1,1 +1,354 @@
-//! Privileged integration tests: one binary, run by `cargo xtask test`.
+//! Privileged integration tests: the real agent loads the real programs into
+//! the running kernel; workloads are real processes in real cgroups, talking
+//! over real sockets. Run by `cargo xtask test` (as root).
+
+mod harness;
+
+use harness::{Node, Outcome};
+use nix::sys::signal::Signal;
+
+const DEMO: &str = zgate::config::DEMO_CONFIG;
+const HTTPBIN: [&str; 1] = ["app=httpbin"];
+const ADDR: &str = "127.0.0.1:8000";
+
+/// Istio's L4 policy page: with `allow-sleep-to-httpbin`, `sleep` reaches
+/// `httpbin`; another service account is refused at `connect()`; plaintext
+/// from outside the mesh is refused at SYN time.
+#[test]
+fn allow_sleep_to_httpbin() {
+    let node = Node::start("allow_sleep_to_httpbin", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    node.wait_log("allow policies exist, but none allowed", 1);
+    let log = node.log();
+    assert!(log.contains("dst.workload=ambient-demo/httpbin"), "{log}");
+    assert!(
+        log.contains("src.identity=spiffe://cluster.local/ns/ambient-demo/sa/notsleep"),
+        "{log}"
+    );
+}
+
+/// The same over IPv6.
+#[test]
+fn allow_sleep_to_httpbin_ipv6() {
+    let node = Node::start("allow_sleep_to_httpbin_ipv6", &[("demo.yaml", DEMO)]);
+    let addr = "[::1]:8000";
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, addr);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", addr),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", addr),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(addr), Outcome::Refused);
+}
+
+/// With no policy, everything is allowed.
+#[test]
+fn no_policy_allows_everything() {
+    let node = Node::start("no_policy_allows_everything", &[]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Connected);
+}
+
+/// Adding `methods: ["GET"]` makes the rule L7: ztunnel drops the rule, and
+/// the remaining ALLOW policy allows nothing, so `sleep` is refused too.
+#[test]
+fn l7_rule_is_dropped_and_the_workload_denies() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep-to-httpbin, namespace: ambient-demo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/ambient-demo/sa/sleep]}
+    to:
+    - operation: {methods: [GET]}
+"#;
+    let node = Node::start("l7_rule", &[("policy.yaml", policy)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+}
+
+/// DENY is evaluated before ALLOW; `namespaces` matches the source's
+/// namespace; plaintext has no namespace.
+#[test]
+fn deny_beats_allow_and_namespaces_match() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-namespace, namespace: ambient-demo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {namespaces: [ambient-demo]}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-bad, namespace: ambient-demo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/ambient-demo/sa/bad]}
+"#;
+    let node = Node::start("deny_beats_allow", &[("policy.yaml", policy)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "good", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "bad", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(
+        node.connect_as("elsewhere", "good", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    node.wait_log("explicitly denied by: ambient-demo/deny-bad", 0);
+}
+
+/// `notPrincipals` is true for plaintext; `ports` scopes the rule to one
+/// port, and policy applies to whatever the workload listens on.
+#[test]
+fn not_principals_and_ports() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-sleep-on-8001, namespace: ambient-demo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from:
+    - source: {notPrincipals: [cluster.local/ns/ambient-demo/sa/sleep]}
+    to:
+    - operation: {ports: ["8001"]}
+"#;
+    let node = Node::start("not_principals_and_ports", &[("policy.yaml", policy)]);
+    let _a = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let _b = node.server("ambient-demo", "httpbin", &HTTPBIN, "127.0.0.1:8001");
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Connected);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", "127.0.0.1:8001"),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", "127.0.0.1:8001"),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Refused);
+}
+
+/// `notPorts`: an ALLOW for every port but one.
+#[test]
+fn not_ports() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: all-but-8001, namespace: ambient-demo}
+spec:
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {notPorts: ["8001"]}
+"#;
+    let node = Node::start("not_ports", &[("policy.yaml", policy)]);
+    let _a = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let _b = node.server("ambient-demo", "httpbin", &HTTPBIN, "127.0.0.1:8001");
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Connected);
+    assert_eq!(node.connect_as("x", "y", ADDR), Outcome::Connected);
+    assert_eq!(
+        node.connect_as("x", "y", "127.0.0.1:8001"),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Refused);
+}
+
+/// A policy in the root namespace without a selector applies mesh-wide.
+#[test]
+fn root_namespace_policy_is_global() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-quarantine, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {namespaces: [quarantine]}
+"#;
+    let node = Node::start("root_namespace_policy", &[("policy.yaml", policy)]);
+    let _a = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let _b = node.server("other", "web", &["app=web"], "127.0.0.1:9000");
+    for addr in [ADDR, "127.0.0.1:9000"] {
+        assert_eq!(
+            node.connect_as("quarantine", "x", addr),
+            Outcome::NotPermitted
+        );
+        assert_eq!(
+            node.connect_as("ambient-demo", "x", addr),
+            Outcome::Connected
+        );
+    }
+    node.wait_log("explicitly denied by: istio-system/deny-quarantine", 0);
+}
+
+/// `istio.io/dry-run`: evaluated and logged, never enforced.
+#[test]
+fn dry_run_is_logged_not_enforced() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: would-deny-sleep
+  namespace: ambient-demo
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/ambient-demo/sa/sleep]}
+"#;
+    let node = Node::start("dry_run", &[("policy.yaml", policy)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    node.wait_log("dry-run: deny policy match", 0);
+    assert!(
+        node.log().contains("policy=ambient-demo/would-deny-sleep"),
+        "{}",
+        node.log()
+    );
+}
+
+/// The config directory is watched: a new policy applies without a
+/// restart; a bad file leaves the last good policy enforced; fixing it
+/// applies it.
+#[test]
+fn config_changes_apply_and_bad_files_keep_the_last_good_policy() {
+    let node = Node::start("config_changes", &[]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::Connected
+    );
+
+    let applied = node.log().matches("policy applied").count();
+    node.write_config("demo.yaml", DEMO);
+    node.wait_log("policy applied", applied);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+
+    node.write_config(
+        "broken.yaml",
+        "kind: AuthorizationPolicy\nspec: [not, a, map\n",
+    );
+    node.wait_log("config not applied", 0);
+    assert!(node.log().contains("broken.yaml"), "{}", node.log());
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+
+    let applied = node.log().matches("policy applied").count();
+    std::fs::remove_file(node.config_dir.join("broken.yaml")).expect("removing the bad file");
+    node.wait_log("policy applied", applied);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+
+    // SIGHUP reloads too.
+    let applied = node.log().matches("policy applied").count();
+    node.signal_agent(Signal::SIGHUP);
+    node.wait_log("policy applied", applied);
+}
+
+/// Fail-static: an agent killed with SIGKILL leaves the last policy
+/// enforced by the kernel; a restarted agent adopts the pinned programs and
+/// the enrolled workloads instead of attaching twice.
+#[test]
+fn killed_agent_keeps_enforcing_and_restart_adopts() {
+    let mut node = Node::start("killed_agent", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+
+    node.stop_agent(Signal::SIGKILL);
+    assert_eq!(
+        node.connect_plaintext(ADDR),
+        Outcome::Refused,
+        "enforcement survives the agent"
+    );
+
+    let before = node.log().len();
+    node.spawn_agent();
+    let log = node.log();
+    let restarted = &log[before..];
+    assert_eq!(restarted.matches("adopted program").count(), 7, "{log}");
+    assert!(!restarted.contains("attached program"), "{log}");
+    assert!(restarted.contains("adopted workload"), "{log}");
+    let links = std::fs::read_dir(node.bpffs_dir().join("v1/links")).expect("pinned links");
+    assert_eq!(links.count(), 7);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+}
+
+/// Ctrl-C detaches every program and removes every pin and cgroup.
+#[test]
+fn interrupt_detaches_everything() {
+    let mut node = Node::start("interrupt", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    node.stop_agent(Signal::SIGINT);
+    assert!(!node.bpffs_dir().exists(), "pins left behind");
+    assert!(!node.cgroup_root().exists(), "cgroup left behind");
+    assert_eq!(
+        node.connect_plaintext(ADDR),
+        Outcome::Connected,
+        "nothing enforces any more"
+    );
+}

@@ -18,7 +18,7 @@ use crate::{
     config::MeshConfig,
     identity::SpiffeId,
     policy::Reason,
-    workload::{Registry, Spec, Workload},
+    workload::{Leftovers, Registry, Spec, Workload},
 };
 
 pub(super) struct State {
@@ -179,7 +179,7 @@ impl State {
             });
         if let Err(e) = inserted.and_then(|()| self.apply().map(|_| ())) {
             let _ = self.datapath.maps.workloads.remove(&wl.cgroup_id);
-            let _ = self.registry.remove(wl.id);
+            let _ = self.registry.remove(wl.id, Leftovers::Kill);
             return Err(e);
         }
         tracing::info!(
@@ -192,7 +192,7 @@ impl State {
     }
 
     fn deregister(&mut self, id: u32) -> Result<(), Error> {
-        let wl = self.registry.remove(id)?;
+        let wl = self.registry.remove(id, Leftovers::Kill)?;
         let maps = &mut self.datapath.maps;
         let _ = maps.workloads.remove(&wl.cgroup_id);
         let owned: Vec<_> = maps
@@ -304,13 +304,9 @@ impl State {
         Ok(())
     }
 
-    /// Ctrl-C: remove the workloads' cgroups, then every pin and the
-    /// agent's cgroup and state.
-    pub fn shutdown(mut self) -> Result<(), Error> {
-        let ids: Vec<u32> = self.registry.workloads().map(|w| w.id).collect();
-        for id in ids {
-            self.registry.remove(id)?;
-        }
+    /// Ctrl-C: detach every program, remove every pin, and remove zgate's
+    /// cgroups; the workloads' processes keep running, no longer enforced.
+    pub fn shutdown(self) -> Result<(), Error> {
         let node = self.opts.node.clone();
         drop(self.datapath);
         super::uninstall(&node)

@@ -1,3 +1,5 @@
+//! `zgate check` / `zgate policies`, on the embedded demo and small configs.
+
 use clap::{CommandFactory, Parser};
 
 use super::*;

@@ -32,6 +32,13 @@ pub(super) struct Converted {
     pub status: PolicyStatus,
 }
 
+/// A policy's rules after conversion, and what could not be enforced.
+struct KeptRules {
+    kept: Vec<Vec<Vec<Match>>>,
+    http: BTreeSet<String>,
+    trust_domains: BTreeSet<String>,
+}
+
 /// One AuthorizationPolicy rule after conversion.
 struct ConvertedRule {
     clauses: Vec<Vec<Match>>,
@@ -94,51 +101,75 @@ pub(super) fn convert(
         None if key.namespace == root_namespace => Scope::Global,
         None => Scope::Namespace,
     };
-
-    let mut http = BTreeSet::new();
-    let mut trust_domains = BTreeSet::new();
-    let mut kept = Vec::new();
-    for rule in &rules {
-        let r = convert_rule(rule, &key.namespace)?;
-        let unenforceable = !r.http.is_empty() || !r.trust_domains.is_empty();
-        http.extend(r.http);
-        trust_domains.extend(r.trust_domains);
-        // "Within an ALLOW policy, rules matching HTTP attributes are omitted";
-        // a DENY keeps the rule with only its HTTP fields stripped.
-        if action == Action::Deny || !unenforceable {
-            kept.push(r.clauses);
-        }
-    }
-
+    let converted = convert_rules(&rules, action, &key.namespace)?;
     let authorization = Authorization {
         key,
         scope,
         action,
-        rules: kept,
+        rules: converted.kept,
         dry_run,
         origin: Origin::AuthorizationPolicy,
     };
     status.attached = true;
-    status.unsupported = http.iter().chain(&trust_domains).cloned().collect();
-    status.unsupported.sort();
-    if http.is_empty() && trust_domains.is_empty() {
-        status.message = ACCEPTED.to_owned();
-        if dry_run {
-            status
-                .message
-                .push_str(" (dry-run: evaluated and logged, never enforced)");
-        }
-    } else {
-        status.reason = StatusReason::UnsupportedValue;
-        status.message = unsupported_message(&authorization, &http, &trust_domains);
-    }
-    if matches!(&authorization.scope, Scope::WorkloadSelector(l) if l.is_empty()) {
-        status.message.push_str(EMPTY_SELECTOR);
-    }
+    set_message(
+        &mut status,
+        &authorization,
+        &converted.http,
+        &converted.trust_domains,
+    );
     Ok(Converted {
         authorization: Some(authorization),
         status,
     })
+}
+
+/// The rules ztunnel keeps: "Within an ALLOW policy, rules matching HTTP
+/// attributes are omitted"; a DENY keeps every rule with only its HTTP
+/// fields stripped.
+fn convert_rules(
+    rules: &[k8s::Rule],
+    action: Action,
+    policy_ns: &str,
+) -> Result<KeptRules, FieldError> {
+    let mut out = KeptRules {
+        kept: Vec::new(),
+        http: BTreeSet::new(),
+        trust_domains: BTreeSet::new(),
+    };
+    for rule in rules {
+        let r = convert_rule(rule, policy_ns)?;
+        let unenforceable = !r.http.is_empty() || !r.trust_domains.is_empty();
+        out.http.extend(r.http);
+        out.trust_domains.extend(r.trust_domains);
+        if action == Action::Deny || !unenforceable {
+            out.kept.push(r.clauses);
+        }
+    }
+    Ok(out)
+}
+
+/// istiod's `Accepted` / `UnsupportedValue` condition for an attached policy.
+fn set_message(
+    status: &mut PolicyStatus,
+    policy: &Authorization,
+    http: &BTreeSet<String>,
+    trust_domains: &BTreeSet<String>,
+) {
+    status.unsupported = http.iter().chain(trust_domains).cloned().collect();
+    status.unsupported.sort();
+    if status.unsupported.is_empty() {
+        status.reason = StatusReason::Accepted;
+        status.message = ACCEPTED.to_owned();
+        if policy.dry_run {
+            status.message.push_str(DRY_RUN_NOTE);
+        }
+    } else {
+        status.reason = StatusReason::UnsupportedValue;
+        status.message = unsupported_message(policy, http, trust_domains);
+    }
+    if matches!(&policy.scope, Scope::WorkloadSelector(l) if l.is_empty()) {
+        status.message.push_str(EMPTY_SELECTOR);
+    }
 }
 
 /// `handleRule`: a `to` clause, a `from` clause, then one clause per `when`
@@ -412,6 +443,8 @@ fn has_effective_rules(policy: &Authorization) -> bool {
 const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 const ACCEPTED: &str = "attached to ztunnel";
+
+const DRY_RUN_NOTE: &str = " (dry-run: evaluated and logged, never enforced)";
 
 const TARGET_REFS: &str =
     "targetRefs is set: the policy is for a waypoint or gateway, not ztunnel, so zgate skips it";

@@ -14,7 +14,10 @@ use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
 
-use super::{Action, Authorization, Conn, Match, PolicyKey, ServiceAccountMatch, StringMatch};
+use super::{
+    field_pair_holds, Action, Authorization, Conn, Match, PolicyKey, ServiceAccountMatch,
+    StringMatch,
+};
 use crate::identity::SpiffeId;
 
 /// The outcome of [`evaluate`]: the enforced verdict, plus what dry-run
@@ -254,21 +257,21 @@ impl Match {
         let principal = id.map(SpiffeId::principal);
         let principal_is = |m: &StringMatch| principal.as_deref().is_some_and(|p| m.matches(p));
         let sa_is = |m: &ServiceAccountMatch| id.is_some_and(|id| m.matches(id));
-        pair(&self.namespaces, &self.not_namespaces, |m| m.matches(ns))
-            && pair(&self.service_accounts, &self.not_service_accounts, sa_is)
-            && pair(&self.principals, &self.not_principals, principal_is)
+        field_pair_holds(&self.namespaces, &self.not_namespaces, |m| m.matches(ns))
+            && field_pair_holds(&self.service_accounts, &self.not_service_accounts, sa_is)
+            && field_pair_holds(&self.principals, &self.not_principals, principal_is)
     }
 
     /// `source_ips` / `not_source_ips`.
     pub fn src_ip_holds(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        pair(&self.source_ips, &self.not_source_ips, |n| n.contains(&ip))
+        field_pair_holds(&self.source_ips, &self.not_source_ips, |n| n.contains(&ip))
     }
 
     /// `destination_ips` / `not_destination_ips`.
     pub fn dst_ip_holds(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        pair(
+        field_pair_holds(
             &self.destination_ips,
             &self.not_destination_ips,
             |n: &IpNet| n.contains(&ip),
@@ -277,7 +280,7 @@ impl Match {
 
     /// `destination_ports` / `not_destination_ports`.
     pub fn port_holds(&self, port: u16) -> bool {
-        pair(&self.destination_ports, &self.not_destination_ports, |p| {
+        field_pair_holds(&self.destination_ports, &self.not_destination_ports, |p| {
             *p == port
         })
     }
@@ -305,12 +308,6 @@ impl ServiceAccountMatch {
     pub fn matches(&self, id: &SpiffeId) -> bool {
         self.namespace == id.namespace && self.service_account == id.service_account
     }
-}
-
-/// One positive/negative field pair: `(P empty OR any p holds) AND
-/// (N empty OR no n holds)`.
-fn pair<T>(positive: &[T], negative: &[T], holds: impl Fn(&T) -> bool) -> bool {
-    (positive.is_empty() || positive.iter().any(&holds)) && !negative.iter().any(&holds)
 }
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+//! The matcher and `assert_rbac` order, rule by rule (spec §1.3, §1.5).
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;

@@ -1,0 +1,113 @@
+//! A tiny TCP server and client for the integration tests, so they need no
+//! other tools. Every outcome is one line on stdout.
+//!
+//! - `zgate-probe serve ADDR`: listen, print `listening`, greet and echo
+//!   each connection.
+//! - `zgate-probe connect ADDR [HOLD_SECS]`: print `connected`, `refused`,
+//!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
+//!   connection open and print `closed` / `reset` when the peer ends it,
+//!   or `held` if it survived.
+
+use std::{
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let addr: Option<SocketAddr> = args.get(2).and_then(|a| a.parse().ok());
+    match (args.get(1).map(String::as_str), addr) {
+        (Some("serve"), Some(addr)) => serve(addr),
+        (Some("connect"), Some(addr)) => {
+            let hold = args.get(3).and_then(|s| s.parse().ok());
+            connect(addr, hold)
+        }
+        _ => {
+            eprintln!("usage: zgate-probe serve ADDR | connect ADDR [HOLD_SECS]");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(addr: SocketAddr) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("error: bind {addr}: {e}");
+            return;
+        }
+    };
+    println!("listening");
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let _ = stream.write_all(b"hello\n");
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn connect(addr: SocketAddr, hold: Option<u64>) {
+    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}", outcome(&e));
+            return;
+        }
+    };
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => println!("connected"),
+        Ok(_) => {
+            println!("closed");
+            return;
+        }
+        Err(e) => {
+            println!("{}", outcome(&e));
+            return;
+        }
+    }
+    let _ = std::io::stdout().flush();
+    let Some(secs) = hold else { return };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        // Keep traffic flowing so a torn-down connection is noticed at once.
+        let _ = (&stream).write_all(b"ping");
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                println!("closed");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => {
+                println!("{}", outcome(&e));
+                return;
+            }
+        }
+    }
+    println!("held");
+}
+
+fn outcome(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "refused".into(),
+        ErrorKind::PermissionDenied => "not-permitted".into(),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".into(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => "reset".into(),
+        _ => format!("error: {e}"),
+    }
+}

@@ -1,1 +1,0 @@
-//! Helpers for zgate's privileged integration tests.

@@ -1,0 +1,321 @@
+//! The harness of zgate's privileged integration tests.
+//!
+//! Each `Node` is a real agent in a network namespace of its own, with its
+//! own cgroup subtree, bpffs pin directory, admin socket and config
+//! directory, so tests run in parallel without seeing each other. Every
+//! resource is removed on drop; the agent's log is printed if the test
+//! failed.
+#![expect(
+    clippy::expect_used,
+    reason = "a test harness: a failed set-up step is a test failure"
+)]
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// What a client saw (the probe's one-line report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Connected,
+    /// `ECONNREFUSED`: the accept-side verdict (RST at SYN time).
+    Refused,
+    /// `EPERM`: the connect-side verdict, before any packet was sent.
+    NotPermitted,
+    Other(String),
+}
+
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub dir: PathBuf,
+    pub config_dir: PathBuf,
+    agent: Option<Child>,
+}
+
+/// A running server workload (`zgate run` and the server it started, in a
+/// process group of their own); the whole group is killed on drop.
+pub struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// Fail, loudly, unless the tests can really run here.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the integration tests load BPF programs and manage cgroups and network namespaces: run them as root (cargo xtask test)"
+    );
+}
+
+pub fn zgate_bin() -> PathBuf {
+    match std::env::var_os("ZGATE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zgate"),
+    }
+}
+
+pub fn probe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zgate-probe"))
+}
+
+impl Node {
+    /// Start an agent in a fresh network namespace on `files` (name, YAML).
+    pub fn start(test: &str, files: &[(&str, &str)]) -> Self {
+        require_root();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("zgt-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let config_dir = dir.join("config");
+        fs::create_dir_all(&config_dir).expect("creating the test directory");
+        let node = Self {
+            name: format!("{test}/{name}"),
+            netns: name.clone(),
+            dir,
+            config_dir,
+            agent: None,
+        };
+        for (file, yaml) in files {
+            node.write_config(file, yaml);
+        }
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        let mut node = node;
+        node.spawn_agent();
+        node
+    }
+
+    pub fn write_config(&self, file: &str, yaml: &str) {
+        let path = self.config_dir.join(file);
+        // Write then rename, as a config management tool would.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml).expect("writing config");
+        fs::rename(&tmp, &path).expect("renaming config");
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn cgroup_root(&self) -> PathBuf {
+        zgate::agent::cgroup2_mount()
+            .expect("a cgroup v2 mount")
+            .join(&self.netns)
+    }
+
+    pub fn bpffs_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.netns)
+    }
+
+    fn node_args(&self) -> Vec<String> {
+        vec![
+            "--cgroup-root".into(),
+            self.cgroup_root().display().to_string(),
+            "--instance".into(),
+            self.netns.clone(),
+            "--admin-socket".into(),
+            self.admin_socket().display().to_string(),
+            "--state-dir".into(),
+            self.dir.display().to_string(),
+        ]
+    }
+
+    /// A command that runs inside this node's network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(program);
+        c
+    }
+
+    pub fn spawn_agent(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("opening the agent log");
+        let _ = fs::remove_file(self.admin_socket());
+        let ready = self.log().matches("zgate agent ready").count();
+        let child = self
+            .command(zgate_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(&self.config_dir)
+            .args(self.node_args())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting zgate agent");
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches("zgate agent ready").count() == ready {
+            if let Some(status) = self
+                .agent
+                .as_mut()
+                .and_then(|a| a.try_wait().ok().flatten())
+            {
+                panic!("the agent exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not become ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal_agent(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.agent {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signalling the agent");
+        }
+    }
+
+    /// Stop the agent with a signal and wait for it.
+    pub fn stop_agent(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.agent.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Wait until the agent's log has `needle` more than `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() <= count {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the agent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `zgate run` a command as a workload of this node.
+    pub fn workload(&self, ns: &str, sa: &str, labels: &[&str]) -> Command {
+        let mut c = self.command(zgate_bin());
+        c.args([
+            "run",
+            "--namespace",
+            ns,
+            "--service-account",
+            sa,
+            "--name",
+            sa,
+        ])
+        .arg("--admin-socket")
+        .arg(self.admin_socket());
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        c.arg("--");
+        c
+    }
+
+    /// Start a server workload on `addr`; returns once it listens.
+    pub fn server(&self, ns: &str, sa: &str, labels: &[&str], addr: &str) -> Server {
+        let mut child = self
+            .workload(ns, sa, labels)
+            .arg(probe_bin())
+            .args(["serve", addr])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the server workload");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "server on {addr}:\n{}",
+            self.log()
+        );
+        Server(child)
+    }
+
+    /// Connect from a workload with this identity.
+    pub fn connect_as(&self, ns: &str, sa: &str, addr: &str) -> Outcome {
+        let mut c = self.workload(ns, sa, &[]);
+        c.arg(probe_bin()).args(["connect", addr]);
+        outcome(&run_ok(&mut c))
+    }
+
+    /// Connect from a plain process (not enrolled: plaintext, no identity).
+    pub fn connect_plaintext(&self, addr: &str) -> Outcome {
+        let mut c = self.command(probe_bin());
+        c.args(["connect", addr]);
+        outcome(&run_ok(&mut c))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent log of {} ---\n{}", self.name, self.log());
+        }
+        self.stop_agent(nix::sys::signal::Signal::SIGINT);
+        // Whatever the agent left (a killed agent leaves its pins): clean up.
+        let _ = Command::new(zgate_bin())
+            .arg("uninstall")
+            .args(self.node_args())
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn outcome(out: &Output) -> Outcome {
+    match String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+    {
+        "connected" => Outcome::Connected,
+        "refused" => Outcome::Refused,
+        "not-permitted" => Outcome::NotPermitted,
+        other => Outcome::Other(format!(
+            "{other} (stderr: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Run a command to completion; panic with its output if it fails to start.
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{c:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
