@@ -11,5 +11,6 @@ pub mod config;
 pub mod identity;
 pub mod policy;
 pub mod run;
+pub mod sock_diag;
 mod sys;
 pub mod workload;

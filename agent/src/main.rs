@@ -36,7 +36,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as usual; a usage error is one line.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("zgate: error: {message} (see `zgate --help`)");
+            return ExitCode::from(2);
+        }
+    };
     // Warnings (skipped kinds, ignored fields) go to stderr; RUST_LOG overrides.
     let default = if matches!(cli.command, Command::Agent(_)) {
         "info"

@@ -45,6 +45,23 @@ pub struct Node {
 /// process group of their own); the whole group is killed on drop.
 pub struct Server(Child);
 
+/// A connection held open by a client workload.
+pub struct Held {
+    _group: Server,
+    lines: BufReader<std::process::ChildStdout>,
+}
+
+impl Held {
+    /// How the connection ended (`closed`, `reset`), or `held` if it
+    /// survived its hold time; and how long after the call that was known.
+    pub fn end(&mut self) -> (String, Duration) {
+        let started = Instant::now();
+        let mut line = String::new();
+        let _ = self.lines.read_line(&mut line);
+        (line.trim().to_owned(), started.elapsed())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
@@ -254,6 +271,32 @@ impl Node {
             self.log()
         );
         Server(child)
+    }
+
+    /// Open a connection from a workload and keep it open for `secs`;
+    /// returns once it is established.
+    pub fn hold_as(&self, ns: &str, sa: &str, addr: &str, secs: u32) -> Held {
+        let mut child = self
+            .workload(ns, sa, &[])
+            .arg(probe_bin())
+            .args(["connect", addr, &secs.to_string()])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the client workload");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let _ = lines.read_line(&mut line);
+        assert_eq!(
+            line.trim(),
+            "connected",
+            "{ns}/{sa} to {addr}:\n{}",
+            self.log()
+        );
+        Held {
+            _group: Server(child),
+            lines,
+        }
     }
 
     /// Connect from a workload with this identity.

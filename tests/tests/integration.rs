@@ -352,3 +352,25 @@ fn interrupt_detaches_everything() {
         "nothing enforces any more"
     );
 }
+
+/// A policy update re-decides established connections: one the new policy
+/// denies is torn down at once (the client sees a reset), one it still
+/// allows stays open.
+#[test]
+fn policy_update_closes_denied_connections_only() {
+    let node = Node::start("policy_update_revokes", &[]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let mut sleep = node.hold_as("ambient-demo", "sleep", ADDR, 3);
+    let mut other = node.hold_as("ambient-demo", "other", ADDR, 3);
+
+    let applied = node.log().matches("policy applied").count();
+    node.write_config("demo.yaml", DEMO);
+    node.wait_log("policy applied", applied);
+    let (ended, after) = other.end();
+    assert_eq!(ended, "reset", "{}", node.log());
+    eprintln!("denied connection closed {after:?} after the policy was applied");
+    assert!(node
+        .log()
+        .contains("no longer allowed after a policy update"));
+    assert_eq!(sleep.end().0, "held", "the allowed connection stays open");
+}

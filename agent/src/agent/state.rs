@@ -3,12 +3,17 @@
 
 use std::{fs, os::unix::fs::OpenOptionsExt as _, path::PathBuf, sync::Arc, time::Instant};
 
+use aya::maps::{HashMap, MapData};
 use zgate_common::{
+    conn::ConnKey,
     event::{VerdictEvent, HOOK_CONNECT, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
+    listener::ListenerKey,
     policy::{
-        REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY, REASON_NO_ALLOW_MATCHED,
+        IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
+        REASON_NO_ALLOW_MATCHED,
     },
     workload::Workload as KernelWorkload,
+    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use super::{load_mesh, AgentOptions, Command, Error};
@@ -18,6 +23,7 @@ use crate::{
     config::MeshConfig,
     identity::SpiffeId,
     policy::Reason,
+    sock_diag,
     workload::{Leftovers, Registry, Spec, Workload},
 };
 
@@ -139,8 +145,63 @@ impl State {
             apply_us = started.elapsed().as_micros() as u64,
             "policy applied"
         );
+        self.revoke();
         self.save()?;
         Ok(generation)
+    }
+
+    /// Re-decide every established connection to an enrolled workload
+    /// against the live generation, and close the ones it no longer
+    /// allows (ztunnel's `PolicyWatcher`). Allowed ones are left alone.
+    fn revoke(&self) {
+        let sockets = match sock_diag::established() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(
+                    "cannot list connections to re-check them after a policy update: {e}"
+                );
+                return;
+            }
+        };
+        let maps = &self.datapath.maps;
+        for sock in sockets {
+            let local = Addr::from(sock.local.ip());
+            let port = sock.local.port();
+            let Some(workload) = listener(&maps.listeners, &local, port) else {
+                continue;
+            };
+            let key = ConnKey {
+                src: Addr::from(sock.remote.ip()),
+                dst: local,
+                src_port: sock.remote.port(),
+                dst_port: port,
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            let peer = maps.conn_peer.get(&key, 0).ok();
+            let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
+            let src = match peer {
+                Some(p) if p.original_src.family != 0 => p.original_src.into(),
+                _ => sock.remote.ip(),
+            };
+            let allowed = self
+                .compiled
+                .lookup(workload, identity, src, sock.local.ip(), port)
+                .is_some_and(|d| d.allowed());
+            if allowed {
+                continue;
+            }
+            match sock_diag::destroy(&sock) {
+                Ok(()) => tracing::info!(
+                    src.addr = %sock.remote, dst.addr = %sock.local,
+                    "connection closed because it's no longer allowed after a policy update"
+                ),
+                Err(e) => tracing::error!(
+                    src.addr = %sock.remote, dst.addr = %sock.local,
+                    "could not close a connection the policy no longer allows: {e}"
+                ),
+            }
+        }
     }
 
     pub fn handle(&mut self, cmd: Command) {
@@ -311,4 +372,23 @@ impl State {
         drop(self.datapath);
         super::uninstall(&node)
     }
+}
+
+/// The enrolled workload listening on `addr:port`, looked up as the
+/// kernel's `listener()` does: exact address, the family's wildcard, then
+/// a dual-stack `[::]` for IPv4.
+fn listener(map: &HashMap<MapData, ListenerKey, u32>, addr: &Addr, port: u16) -> Option<u32> {
+    let mut candidates = vec![*addr, Addr::any(addr.family)];
+    if addr.family == AF_INET {
+        candidates.push(Addr::any(AF_INET6));
+    }
+    candidates.into_iter().find_map(|a| {
+        let key = ListenerKey {
+            addr: a,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        map.get(&key, 0).ok()
+    })
 }
