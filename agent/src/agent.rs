@@ -15,7 +15,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    bpf::{self, Datapath, MapSizes, Paths},
+    bpf::{self, Datapath, Paths},
     config::{self, MeshConfig},
     workload,
 };
@@ -24,10 +24,11 @@ mod admin;
 mod events;
 mod options;
 mod state;
+pub mod status;
 mod watch;
 
 pub use admin::{Request, Response};
-pub use options::{cgroup2_mount, AgentOptions, NodeOptions};
+pub use options::{cgroup2_mount, AgentOptions, Capacity, NodeOptions};
 use state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,7 @@ enum Command {
     Deregister(u32),
     Reload,
     Event(zgate_common::event::VerdictEvent),
+    Status(oneshot::Sender<status::Status>),
 }
 
 /// How the agent ends: Ctrl-C (SIGINT) detaches everything it attached;
@@ -89,7 +91,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         paths,
         &node.cgroup_root,
         Path::new("/proc/self/ns/net"),
-        MapSizes::default(),
+        opts.map_sizes(),
     )?;
     for (name, fresh) in &datapath.attached {
         let how = if *fresh { "attached" } else { "adopted" };

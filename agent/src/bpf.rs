@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, Program,
@@ -26,6 +26,7 @@ use zgate_common::{
         self, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
     },
+    stats::{self, VerdictKey},
     workload::{self, Workload},
 };
 
@@ -95,13 +96,26 @@ const PROGRAMS: [(&str, Target); 7] = [
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub policy_entries: u32,
+    /// Connections whose peer identity the kernel can hold at once.
+    pub connections: u32,
+    /// Bound addresses of workloads the kernel can attribute at once.
+    pub listeners: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
             policy_entries: 262_144,
+            connections: conn::MAX_ENTRIES,
+            listeners: listener::MAX_ENTRIES,
         }
+    }
+}
+
+impl MapSizes {
+    /// `Config::conn_limit`: connection capacity less the agent's reserve.
+    pub fn conn_limit(&self) -> u32 {
+        self.connections.saturating_sub(conn::RESERVED)
     }
 }
 
@@ -118,6 +132,8 @@ pub struct Datapath {
 
 pub struct Maps {
     pub config: Array<MapData, Config>,
+    pub conn_count: Array<MapData, u64>,
+    pub verdicts: PerCpuHashMap<MapData, VerdictKey, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
@@ -163,6 +179,9 @@ impl Datapath {
         ] {
             loader.map_max_entries(name, sizes.policy_entries);
         }
+        loader.map_max_entries(conn::MAP, sizes.connections);
+        loader.map_max_entries(listener::MAP, sizes.listeners);
+        loader.map_max_entries(listener::COOKIE_MAP, sizes.listeners);
         let mut ebpf = loader.load(OBJECT)?;
         let cgroup_file = open(cgroup)?;
         let netns_file = open(netns)?;
@@ -200,6 +219,34 @@ impl Datapath {
             _ebpf: ebpf,
         })
     }
+}
+
+impl Maps {
+    /// Verdict counters summed over CPUs, by policy, reason and hook.
+    pub fn verdict_counts(&self) -> Vec<(VerdictKey, u64)> {
+        sum_verdicts(&self.verdicts)
+    }
+}
+
+/// The verdict counters of an installed datapath, read from its pin (for
+/// tools and tests that are not the agent).
+pub fn pinned_verdict_counts(paths: &Paths) -> Result<Vec<(VerdictKey, u64)>, Error> {
+    let name = stats::MAP;
+    let err = |source| Error::Map { name, source };
+    let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
+    let map = aya::maps::Map::from_map_data(data).map_err(err)?;
+    let verdicts = PerCpuHashMap::try_from(map).map_err(err)?;
+    Ok(sum_verdicts(&verdicts))
+}
+
+fn sum_verdicts(map: &PerCpuHashMap<MapData, VerdictKey, u64>) -> Vec<(VerdictKey, u64)> {
+    let mut out: Vec<(VerdictKey, u64)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+        .collect();
+    out.sort();
+    out
 }
 
 impl Datapath {
@@ -328,6 +375,8 @@ impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         Ok(Self {
             config: take(ebpf, config::MAP)?,
+            conn_count: take(ebpf, conn::COUNT_MAP)?,
+            verdicts: take(ebpf, stats::MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,

@@ -100,7 +100,10 @@ pub fn compile(
     identities: &Identities,
     policy_ids: &mut PolicyIds,
 ) -> Result<Compiled, Error> {
-    let mut plans: HashMap<Authorization, Arc<PolicyPlan>> = HashMap::new();
+    // Policies shared by workloads are the same `Arc`; PeerAuthentication
+    // policies are made per workload, so they are shared by content.
+    let mut shared: HashMap<*const Authorization, Arc<PolicyPlan>> = HashMap::new();
+    let mut per_workload: HashMap<Authorization, Arc<PolicyPlan>> = HashMap::new();
     let mut sets_by_content: HashMap<Vec<*const PolicyPlan>, u32> = HashMap::new();
     let mut compiled = Compiled::default();
     for wl in workloads {
@@ -108,10 +111,16 @@ pub fn compile(
             .policies
             .iter()
             .map(|auth| {
-                plans
-                    .entry(Authorization::clone(auth))
-                    .or_insert_with(|| Arc::new(PolicyPlan::new(auth, identities)))
-                    .clone()
+                let plan = || Arc::new(PolicyPlan::new(auth, identities));
+                match auth.origin {
+                    Origin::AuthorizationPolicy => {
+                        shared.entry(Arc::as_ptr(auth)).or_insert_with(plan).clone()
+                    }
+                    Origin::PeerAuthentication => per_workload
+                        .entry(Authorization::clone(auth))
+                        .or_insert_with(plan)
+                        .clone(),
+                }
             })
             .collect();
         let key: Vec<*const PolicyPlan> = set_plans.iter().map(Arc::as_ptr).collect();

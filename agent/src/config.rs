@@ -246,19 +246,39 @@ impl MeshConfig {
             }
             Scope::Global | Scope::Namespace => false,
         };
-        let group = |f: &dyn Fn(&Authorization) -> bool| {
-            self.authorizations
-                .iter()
-                .filter(move |p| f(p))
-                .cloned()
-                .collect::<Vec<_>>()
+        let in_ns = self.in_namespace(namespace);
+        let in_root = self.in_namespace(root);
+        // Selector policies may live in the workload's namespace or the root
+        // namespace: both ranges, in key order.
+        let selector_ranges = match namespace.cmp(root.as_str()) {
+            std::cmp::Ordering::Less => [in_ns, in_root],
+            std::cmp::Ordering::Equal => [in_ns, &[][..]],
+            std::cmp::Ordering::Greater => [in_root, in_ns],
         };
-        let mut out = group(&|p| p.scope == Scope::Namespace && p.key.namespace == namespace);
-        out.extend(group(&|p| p.scope == Scope::Global));
-        out.extend(group(&selected));
+        let mut out: Vec<Arc<Authorization>> = in_ns
+            .iter()
+            .filter(|p| p.scope == Scope::Namespace)
+            .chain(in_root.iter().filter(|p| p.scope == Scope::Global))
+            .chain(
+                selector_ranges
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| selected(p)),
+            )
+            .cloned()
+            .collect();
         let mtls = self.peer_authentication_for(namespace, labels);
         out.extend(mtls.authorization(root, labels).map(Arc::new));
         out
+    }
+
+    /// The policies of one namespace: a contiguous run, as they are sorted
+    /// by key.
+    fn in_namespace(&self, namespace: &str) -> &[Arc<Authorization>] {
+        let all = &self.authorizations;
+        let start = all.partition_point(|p| p.key.namespace.as_str() < namespace);
+        let len = all[start..].partition_point(|p| p.key.namespace == namespace);
+        &all[start..start + len]
     }
 
     /// The effective PeerAuthentication settings for such a workload.

@@ -33,6 +33,17 @@ impl SpiffeId {
             self.trust_domain, self.namespace, self.service_account
         )
     }
+
+    /// Checks that the URI form parses back to this very identity: a field
+    /// that is empty or contains `/` would make a certificate's URI SAN name
+    /// someone else (or no one), so such an identity is never issued.
+    pub fn check_round_trip(&self) -> Result<(), Error> {
+        let uri = self.to_string();
+        match uri.parse::<Self>() {
+            Ok(parsed) if parsed == *self => Ok(()),
+            _ => Err(Error::Shape(uri)),
+        }
+    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -95,6 +106,18 @@ mod tests {
             "spiffe:///ns/foo/sa/bar",
         ] {
             assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn round_trip_check_refuses_fields_that_change_the_uri() {
+        assert_eq!(SpiffeId::new("td", "ns", "sa").check_round_trip(), Ok(()));
+        for bad in [
+            SpiffeId::new("td", "ns/sa/x", "y"),
+            SpiffeId::new("td", "", "sa"),
+            SpiffeId::new("td/ns/a/sa/b", "ns", "sa"),
+        ] {
+            assert!(bad.check_round_trip().is_err(), "{bad:?}");
         }
     }
 }

@@ -5,12 +5,16 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod ca;
 pub mod check;
+pub mod client;
 pub mod compile;
 pub mod config;
+pub mod hbone;
 pub mod identity;
 pub mod policy;
 pub mod run;
 pub mod sock_diag;
 mod sys;
+pub mod tls;
 pub mod workload;

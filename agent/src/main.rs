@@ -33,6 +33,19 @@ enum Command {
     Run(run::RunArgs),
     /// Remove every program, link, map and cgroup zgate created.
     Uninstall(agent::NodeOptions),
+    /// What the running agent is doing: workloads, programs, policies, maps,
+    /// verdict counters.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The agent's admin socket.
+    #[arg(long, default_value = "/run/zgate/admin.sock")]
+    admin_socket: std::path::PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +103,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Run(args) => return Ok(exit_code(run::run(&args)?)),
+        Command::Status(args) => {
+            let status = zgate::client::AdminClient::connect(&args.admin_socket)?.status()?;
+            if args.json {
+                format!("{}\n", serde_json::to_string_pretty(&status)?)
+            } else {
+                status.to_string()
+            }
+        }
         Command::Uninstall(node) => {
             agent::uninstall(&node)?;
             return Ok(ExitCode::SUCCESS);

@@ -8,28 +8,22 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
     path::PathBuf,
     process::{Command, ExitStatus},
 };
 
 use crate::{
     agent::{cgroup2_mount, Request, Response},
-    workload::{self, current_cgroup, join_cgroup, Spec, Workload},
+    client::{self, AdminClient},
+    workload::{self, current_cgroup, join_cgroup, Spec},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach the zgate agent at {}: {source} (is `zgate agent` running, and are you root?)", path.display())]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("talking to the agent: {0}")]
+    #[error(transparent)]
+    Admin(#[from] client::Error),
+    #[error("unexpected reply from the agent: {0}")]
     Protocol(String),
-    #[error("the agent refused to enrol the workload: {0}")]
-    Refused(String),
     #[error(transparent)]
     Workload(#[from] workload::Error),
     #[error("starting {program}: {source}")]
@@ -67,11 +61,11 @@ pub struct RunArgs {
 /// exit status once it ends.
 pub fn run(args: &RunArgs) -> Result<ExitStatus, Error> {
     let spec = spec(args)?;
-    let stream = UnixStream::connect(&args.admin_socket).map_err(|source| Error::Connect {
-        path: args.admin_socket.clone(),
-        source,
-    })?;
-    let workload = enroll(&stream, spec)?;
+    let admin = AdminClient::connect(&args.admin_socket)?;
+    let workload = match admin.request(&Request::Enroll(spec))? {
+        Response::Enrolled(wl) => wl,
+        other => return Err(Error::Protocol(format!("{other:?}"))),
+    };
     let program = &args.command[0];
     // Join the workload's cgroup just long enough to start the command in
     // it, then step back out so only the command's tree is the workload.
@@ -89,7 +83,7 @@ pub fn run(args: &RunArgs) -> Result<ExitStatus, Error> {
         source,
     })?;
     // Closing the connection deregisters the workload.
-    drop(stream);
+    drop(admin);
     Ok(status)
 }
 
@@ -118,22 +112,4 @@ fn spec(args: &RunArgs) -> Result<Spec, Error> {
         name,
         labels,
     })
-}
-
-fn enroll(stream: &UnixStream, spec: Spec) -> Result<Workload, Error> {
-    let mut line = serde_json::to_string(&Request::Enroll(spec))
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-    line.push('\n');
-    (&*stream)
-        .write_all(line.as_bytes())
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-    match serde_json::from_str::<Response>(&reply) {
-        Ok(Response::Enrolled(wl)) => Ok(wl),
-        Ok(Response::Error { message }) => Err(Error::Refused(message)),
-        Err(e) => Err(Error::Protocol(format!("unexpected reply {reply:?}: {e}"))),
-    }
 }

@@ -38,12 +38,39 @@ pub struct Node {
     pub netns: String,
     pub dir: PathBuf,
     pub config_dir: PathBuf,
+    /// Extra `zgate agent` flags.
+    pub agent_args: Vec<String>,
     agent: Option<Child>,
 }
 
 /// A running server workload (`zgate run` and the server it started, in a
 /// process group of their own); the whole group is killed on drop.
-pub struct Server(Child);
+pub struct Server(pub Child);
+
+/// Another host: a network namespace joined to a node by a veth pair.
+pub struct PeerHost {
+    pub netns: String,
+}
+
+impl PeerHost {
+    /// Connect from this host, from `source` (one of its addresses).
+    pub fn connect_from(&self, source: &str, addr: &str) -> Outcome {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(probe_bin())
+            .args(["connect", addr])
+            .env("PROBE_SOURCE", source);
+        outcome(&run_ok(&mut c))
+    }
+}
+
+impl Drop for PeerHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
 
 /// A connection held open by a client workload.
 pub struct Held {
@@ -92,27 +119,38 @@ pub fn probe_bin() -> PathBuf {
 impl Node {
     /// Start an agent in a fresh network namespace on `files` (name, YAML).
     pub fn start(test: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_with(test, files, &[])
+    }
+
+    /// `start`, with extra `zgate agent` flags.
+    pub fn start_with(test: &str, files: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut node = Self::bare(test);
+        node.agent_args = args.iter().map(|a| a.to_string()).collect();
+        for (file, yaml) in files {
+            node.write_config(file, yaml);
+        }
+        node.spawn_agent();
+        node
+    }
+
+    /// A fresh network namespace (loopback up) and directories, no agent.
+    pub fn bare(test: &str) -> Self {
         require_root();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("zgt-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&name);
         let config_dir = dir.join("config");
         fs::create_dir_all(&config_dir).expect("creating the test directory");
-        let node = Self {
-            name: format!("{test}/{name}"),
-            netns: name.clone(),
-            dir,
-            config_dir,
-            agent: None,
-        };
-        for (file, yaml) in files {
-            node.write_config(file, yaml);
-        }
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        let mut node = node;
-        node.spawn_agent();
-        node
+        Self {
+            name: format!("{test}/{name}"),
+            netns: name,
+            dir,
+            config_dir,
+            agent_args: Vec::new(),
+            agent: None,
+        }
     }
 
     pub fn write_config(&self, file: &str, yaml: &str) {
@@ -135,6 +173,12 @@ impl Node {
 
     pub fn bpffs_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.netns)
+    }
+
+    /// The kernel's verdict counters: (policy id, reason, hook) → count.
+    pub fn verdict_counts(&self) -> Vec<(zgate_common::stats::VerdictKey, u64)> {
+        let paths = zgate::bpf::Paths::new(Path::new("/sys/fs/bpf"), &self.netns);
+        zgate::bpf::pinned_verdict_counts(&paths).expect("reading ZG_VERDICTS")
     }
 
     fn node_args(&self) -> Vec<String> {
@@ -172,6 +216,7 @@ impl Node {
             .arg("--config")
             .arg(&self.config_dir)
             .args(self.node_args())
+            .args(&self.agent_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().expect("log"))
@@ -304,6 +349,64 @@ impl Node {
         let mut c = self.workload(ns, sa, &[]);
         c.arg(probe_bin()).args(["connect", addr]);
         outcome(&run_ok(&mut c))
+    }
+
+    /// A second host on a /24: the node gets `<net>.1`, the peer host
+    /// `<net>.2` and `<net>.3`.
+    pub fn peer_host(&self, net: &str) -> PeerHost {
+        let peer = format!("{}p", self.netns);
+        let (a, b) = (format!("{}a", self.netns), format!("{}b", self.netns));
+        run_ok(Command::new("ip").args(["netns", "add", &peer]));
+        let host = PeerHost {
+            netns: peer.clone(),
+        };
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        ip(&[
+            "-n",
+            &self.netns,
+            "link",
+            "add",
+            &a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &peer,
+        ]);
+        ip(&[
+            "-n",
+            &self.netns,
+            "addr",
+            "add",
+            &format!("{net}.1/24"),
+            "dev",
+            &a,
+        ]);
+        ip(&[
+            "-n",
+            &peer,
+            "addr",
+            "add",
+            &format!("{net}.2/24"),
+            "dev",
+            &b,
+        ]);
+        ip(&[
+            "-n",
+            &peer,
+            "addr",
+            "add",
+            &format!("{net}.3/24"),
+            "dev",
+            &b,
+        ]);
+        for (ns, dev) in [(&self.netns, &a), (&peer, &b)] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        host
     }
 
     /// Connect from a plain process (not enrolled: plaintext, no identity).

@@ -3,15 +3,21 @@
 //! - `setup`: install the eBPF toolchain (idempotent, cached).
 //! - `build`: build the eBPF object and the agent that embeds it.
 //! - `run -- ARGS`: build, then run `zgate ARGS` as the node daemon.
-//! - `test`: lint, unit tests, and the privileged integration tests.
+//! - `test`: lint, unit tests, the privileged integration tests, and those
+//!   again in a VM on Debian 12's 6.1 kernel.
+//! - `integration-test [--vm] [--kernel NAME]...`: the privileged integration
+//!   tests alone, on the host or in a qemu VM per kernel.
+//! - `bench`: every benchmark, optimised.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build;
 mod setup;
 mod test;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test zgate")]
@@ -29,8 +35,15 @@ enum Command {
     /// Build, then run the agent as root: `cargo xtask run -- agent --config DIR`.
     /// With no arguments it runs `zgate agent` on the embedded demo config.
     Run(build::RunOptions),
-    /// Lint, run the unit tests and the privileged integration tests.
+    /// Lint, run the unit tests and the privileged integration tests, on the
+    /// host and in a VM on Debian 12's 6.1 kernel.
     Test(test::Options),
+    /// Run the integration tests on the host, or with `--vm` in a qemu VM on
+    /// each `--kernel` (default: Debian 12's 6.1).
+    IntegrationTest(vm::Options),
+    /// Benchmarks: policy compilation scaling, connection setup rate with
+    /// and without zgate, policy update latency (as root).
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +52,9 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|_| ExitCode::SUCCESS),
         Command::Build(opts) => build::build(&opts).map(|_| ExitCode::SUCCESS),
         Command::Run(opts) => build::run(&opts),
-        Command::Test(opts) => test::run(&opts).map(|_| ExitCode::SUCCESS),
+        Command::Test(opts) => test::run(&opts),
+        Command::IntegrationTest(opts) => vm::run(&opts),
+        Command::Bench => bench::run().map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

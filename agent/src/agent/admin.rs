@@ -20,12 +20,15 @@ use crate::workload::{Spec, Workload};
 pub enum Request {
     /// Enrol a workload; it is deregistered when this connection closes.
     Enroll(Spec),
+    /// What the agent is doing (`zgate status`).
+    Status,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Enrolled(Workload),
+    Status(Box<super::status::Status>),
     Error { message: String },
 }
 
@@ -95,6 +98,19 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
             match (sent, rx.await) {
                 (Ok(()), Ok(Ok(wl))) => (Response::Enrolled(wl.clone()), Some(wl.id)),
                 (Ok(()), Ok(Err(message))) => (Response::Error { message }, None),
+                _ => (
+                    Response::Error {
+                        message: Error::Stopped.to_string(),
+                    },
+                    None,
+                ),
+            }
+        }
+        Ok(Request::Status) => {
+            let (reply, rx) = oneshot::channel();
+            let sent = tx.send(Command::Status(reply)).await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(status)) => (Response::Status(Box::new(status)), None),
                 _ => (
                     Response::Error {
                         message: Error::Stopped.to_string(),

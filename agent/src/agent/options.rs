@@ -26,6 +26,20 @@ pub struct NodeOptions {
     pub state_dir: PathBuf,
 }
 
+/// Map capacities; when one is full, connections fail closed, loudly.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct Capacity {
+    /// Connections of enrolled workloads whose peer identity the kernel
+    /// tracks at once (1 024 are kept for the agent's own).
+    #[arg(long, default_value_t = zgate_common::conn::MAX_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1025..))]
+    pub max_connections: u32,
+    /// Bound addresses of enrolled workloads tracked at once.
+    #[arg(long, default_value_t = zgate_common::listener::MAX_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_listeners: u32,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentOptions {
     /// Directory of Kubernetes YAML (AuthorizationPolicy, PeerAuthentication,
@@ -41,9 +55,19 @@ pub struct AgentOptions {
     pub trust_domain: String,
     #[command(flatten)]
     pub node: NodeOptions,
+    #[command(flatten)]
+    pub capacity: Capacity,
 }
 
 impl AgentOptions {
+    pub fn map_sizes(&self) -> crate::bpf::MapSizes {
+        crate::bpf::MapSizes {
+            connections: self.capacity.max_connections,
+            listeners: self.capacity.max_listeners,
+            ..crate::bpf::MapSizes::default()
+        }
+    }
+
     pub fn mesh(&self) -> config::Options {
         config::Options {
             root_namespace: self.root_namespace.clone(),

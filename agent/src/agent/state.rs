@@ -1,22 +1,25 @@
 //! The agent's state, owned by one task: the datapath's maps, the mesh
 //! config, the enrolled workloads, and the compiled live generation.
 
-use std::{fs, os::unix::fs::OpenOptionsExt as _, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap, fs, os::unix::fs::OpenOptionsExt as _, path::PathBuf, sync::Arc,
+    time::Instant,
+};
 
 use aya::maps::{HashMap, MapData};
 use zgate_common::{
     conn::ConnKey,
-    event::{VerdictEvent, HOOK_CONNECT, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
+    event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
     listener::ListenerKey,
     policy::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
-        REASON_NO_ALLOW_MATCHED,
+        REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
-use super::{load_mesh, AgentOptions, Command, Error};
+use super::{load_mesh, status, AgentOptions, Command, Error};
 use crate::{
     bpf::{self, Datapath, Paths, PolicyWriter},
     compile::{self, Compiled, Identities, PolicyIds, WorkloadPolicies},
@@ -28,6 +31,7 @@ use crate::{
 };
 
 pub(super) struct State {
+    started: Instant,
     opts: AgentOptions,
     datapath: Datapath,
     writer: PolicyWriter,
@@ -52,7 +56,7 @@ impl State {
         mut datapath: Datapath,
         mesh: Arc<MeshConfig>,
     ) -> Result<Self, Error> {
-        let writer = PolicyWriter::new(&datapath.maps.config);
+        let writer = PolicyWriter::new(&datapath.maps.config, opts.map_sizes().conn_limit());
         let mut registry = Registry::new(&opts.node.cgroup_root);
         let mut identities = Identities::default();
         let path = opts.node.state_file();
@@ -96,6 +100,7 @@ impl State {
             tracing::info!(workload = wl.id, identity = %wl.identity, "adopted workload");
         }
         Ok(Self {
+            started: Instant::now(),
             opts,
             datapath,
             writer,
@@ -217,6 +222,9 @@ impl State {
             }
             Command::Reload => self.reload(),
             Command::Event(ev) => self.log_event(&ev),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
         }
     }
 
@@ -271,6 +279,128 @@ impl State {
         Ok(())
     }
 
+    /// Everything `zgate status` shows.
+    pub fn status(&self) -> status::Status {
+        let maps = &self.datapath.maps;
+        let sizes = self.opts.map_sizes();
+        let name = |w: &Workload| format!("{}/{}", w.spec.namespace, w.spec.name);
+        let mut applies: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let workloads = self
+            .registry
+            .workloads()
+            .map(|w| {
+                let policies: Vec<String> = self
+                    .mesh
+                    .policies_for(&w.spec.namespace, &w.spec.labels)
+                    .iter()
+                    .map(|p| p.key.to_string())
+                    .collect();
+                for p in &policies {
+                    applies.entry(p.clone()).or_default().push(name(w));
+                }
+                status::WorkloadStatus {
+                    id: w.id,
+                    workload: name(w),
+                    identity: w.identity.to_string(),
+                    labels: w
+                        .spec
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect(),
+                    cgroup: w.cgroup.display().to_string(),
+                    policies,
+                }
+            })
+            .collect();
+        let policies = self
+            .mesh
+            .policy_status()
+            .into_iter()
+            .map(|p| status::PolicyStatus {
+                workloads: applies.remove(&p.key.to_string()).unwrap_or_default(),
+                policy: p.key.to_string(),
+                action: p.action.to_string(),
+                status: p.reason.to_string(),
+                message: p.message,
+            })
+            .collect();
+        let count = |n: usize| n as u64;
+        let policy_entries = count(maps.policy.workload_policy.keys().count())
+            + count(maps.policy.sets.keys().count())
+            + count(maps.policy.identity_bits.keys().count())
+            + count(maps.policy.port_bits.keys().count())
+            + count(maps.policy.ip_bits.keys().count())
+            + count(maps.policy.terms.keys().count());
+        let usage = |map: &str, entries: u64, capacity: u32| status::MapUsage {
+            map: map.to_owned(),
+            entries,
+            capacity: u64::from(capacity),
+        };
+        let verdicts = maps
+            .verdict_counts()
+            .into_iter()
+            .map(|(k, n)| {
+                let (verdict, reason) = status::reason_name(k.reason);
+                status::VerdictCount {
+                    policy: self
+                        .policy_ids
+                        .key(k.policy)
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "-".into()),
+                    verdict: verdict.into(),
+                    reason: reason.into(),
+                    hook: status::hook_name(k.hook).into(),
+                    count: n,
+                }
+            })
+            .collect();
+        status::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            generation: self.writer.generation(),
+            config: self.opts.config.as_ref().map_or_else(
+                || "embedded ambient-demo".into(),
+                |d| d.display().to_string(),
+            ),
+            workloads,
+            programs: self
+                .datapath
+                .attached
+                .iter()
+                .map(|(name, fresh)| status::ProgramStatus {
+                    name: (*name).into(),
+                    state: if *fresh { "attached" } else { "adopted" }.into(),
+                    link: self.paths().link(name).display().to_string(),
+                })
+                .collect(),
+            policies,
+            maps: vec![
+                usage(
+                    "workloads",
+                    count(maps.workloads.keys().count()),
+                    zgate_common::workload::MAX_ENTRIES,
+                ),
+                usage(
+                    "listeners",
+                    count(maps.listeners.keys().count()),
+                    sizes.listeners,
+                ),
+                usage(
+                    "connections",
+                    maps.conn_count.get(&0, 0).unwrap_or(0),
+                    sizes.connections,
+                ),
+                usage(
+                    "policy (6 maps)",
+                    policy_entries,
+                    sizes.policy_entries.saturating_mul(6),
+                ),
+            ],
+            verdicts,
+        }
+    }
+
     /// Re-read the config directory; a bad file is reported and the last
     /// good policy stays enforced.
     fn reload(&mut self) {
@@ -297,6 +427,9 @@ impl State {
             (REASON_EXPLICIT_DENY, Some(key)) => Reason::ExplicitDeny(key.clone()).to_string(),
             (REASON_NO_ALLOW_MATCHED, _) => Reason::NoAllowMatched.to_string(),
             (REASON_ALLOW_MATCHED | REASON_DEFAULT_ALLOW, _) => "allowed".to_owned(),
+            (REASON_MAP_FULL, _) => {
+                "a kernel map is full, so the kernel refused it (fail closed): raise --max-connections / --max-listeners".to_owned()
+            }
             _ => "no policy compiled for this workload yet (fail closed)".to_owned(),
         };
         let src_identity = self
@@ -309,13 +442,14 @@ impl State {
         );
         let src = std::net::SocketAddr::new(ev.src.into(), ev.src_port);
         let dst = std::net::SocketAddr::new(ev.dst.into(), ev.dst_port);
-        let hook = if ev.hook == HOOK_CONNECT {
-            "connect"
-        } else {
-            "accept"
-        };
+        let hook = status::hook_name(ev.hook);
         let policy = policy.map(ToString::to_string).unwrap_or_default();
         match ev.kind {
+            KIND_DENY if ev.reason == REASON_MAP_FULL => tracing::error!(
+                src.identity = %src_identity, dst.addr = %dst, dst.workload = %dst_workload, hook,
+                error = %format!("connection closed due to policy rejection: {reason}"),
+                "deny"
+            ),
             KIND_DENY => tracing::warn!(
                 src.addr = %src, src.identity = %src_identity, dst.addr = %dst,
                 dst.workload = %dst_workload, policy = %policy, hook,

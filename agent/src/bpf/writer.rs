@@ -24,14 +24,18 @@ use crate::{
 #[derive(Debug)]
 pub struct PolicyWriter {
     generation: u32,
+    conn_limit: u32,
 }
 
 impl PolicyWriter {
     /// Start from whatever generation the (possibly adopted) config map
     /// holds, so a restarted agent never reuses the live generation.
-    pub fn new(config: &Array<MapData, Config>) -> Self {
+    pub fn new(config: &Array<MapData, Config>, conn_limit: u32) -> Self {
         let generation = config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
-        Self { generation }
+        Self {
+            generation,
+            conn_limit,
+        }
     }
 
     pub fn generation(&self) -> u32 {
@@ -59,7 +63,7 @@ impl PolicyWriter {
                 0,
                 Config {
                     generation: next,
-                    _pad: 0,
+                    conn_limit: self.conn_limit,
                 },
                 0,
             )

@@ -13,6 +13,8 @@ pub struct Config {
     /// The policy generation every look-up is keyed with. The agent fills a
     /// new generation's entries first and then flips this one word.
     pub generation: u32,
-    pub _pad: u32,
+    /// Past this many entries in `ZG_CONN_PEER` (its capacity less
+    /// `conn::RESERVED`), `connect()` from a workload fails closed.
+    pub conn_limit: u32,
 }
 const _: () = assert!(size_of::<Config>() == 8);

@@ -10,6 +10,12 @@ use crate::Addr;
 
 pub const MAP: &str = "ZG_CONN_PEER";
 pub const MAX_ENTRIES: u32 = 65_536;
+/// `ZG_CONN_COUNT[0]`: entries `sock_ops` has in `ZG_CONN_PEER`.
+pub const COUNT_MAP: &str = "ZG_CONN_COUNT";
+/// Entries kept free for the agent's own (mTLS-relayed) connections; past
+/// capacity less `RESERVED` (`config::Config::conn_limit`), `connect()` from
+/// a workload fails (EPERM) rather than let its identity go unrecorded.
+pub const RESERVED: u32 = 1_024;
 
 /// The peer was authenticated by the agent (HBONE/mTLS).
 pub const ORIGIN_AGENT: u32 = 1;

@@ -9,6 +9,7 @@ pub const RING_BYTES: u32 = 256 * 1024;
 /// Where the verdict was taken.
 pub const HOOK_CONNECT: u8 = 1;
 pub const HOOK_ACCEPT: u8 = 2;
+pub const HOOK_BIND: u8 = 3;
 
 /// What the event reports.
 pub const KIND_DENY: u8 = 1;

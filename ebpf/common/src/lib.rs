@@ -13,6 +13,7 @@ pub mod conn;
 pub mod event;
 pub mod listener;
 pub mod policy;
+pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
@@ -123,4 +124,5 @@ mod pod {
     unsafe impl aya::Pod for policy::TermKey {}
     unsafe impl aya::Pod for policy::TermInfo {}
     unsafe impl aya::Pod for workload::Workload {}
+    unsafe impl aya::Pod for stats::VerdictKey {}
 }

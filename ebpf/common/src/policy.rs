@@ -58,6 +58,8 @@ pub const REASON_NO_ALLOW_MATCHED: u8 = 4;
 /// An enrolled workload has no compiled policy yet, or a map entry the
 /// compiler always writes is missing: fail closed.
 pub const REASON_NO_POLICY: u8 = 5;
+/// A map the verdict depends on is full: refused, fail closed.
+pub const REASON_MAP_FULL: u8 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

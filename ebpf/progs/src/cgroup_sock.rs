@@ -14,14 +14,15 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext as _,
 };
-use zgate_common::{listener::ListenerKey, Addr, IPPROTO_TCP};
+use zgate_common::{conn::ConnKey, event::HOOK_BIND, listener::ListenerKey, Addr, IPPROTO_TCP};
 
 use crate::{
     maps::{LISTENERS, LISTENER_COOKIES, WORKLOADS},
-    verdict::{addr_v4, addr_v6},
+    verdict::{addr_v4, addr_v6, deny_map_full, Subject},
 };
 
 const PROCEED: i32 = 1;
+const REFUSE: i32 = 0;
 
 #[doc(alias = "BPF_CGROUP_INET4_POST_BIND")]
 #[cgroup_sock(post_bind4)]
@@ -70,10 +71,26 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
         _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A full map leaves the port unknown, so connections to it are not
-    // decided for this workload; the agent reports the fill level.
-    if LISTENERS.insert(&key, &workload.id, 0).is_ok() {
-        let _ = LISTENER_COOKIES.insert(&cookie, &key, 0);
+    if LISTENERS.insert(&key, &workload.id, 0).is_err()
+        || LISTENER_COOKIES.insert(&cookie, &key, 0).is_err()
+    {
+        // A port the kernel cannot attribute would go unenforced: refuse the
+        // bind (EPERM), fail closed and loudly.
+        let _ = LISTENERS.remove(&key);
+        let subject = Subject {
+            hook: HOOK_BIND,
+            workload: workload.id,
+            identity: workload.identity,
+            conn: ConnKey {
+                dst: addr,
+                dst_port: key.port,
+                proto: IPPROTO_TCP,
+                ..ConnKey::default()
+            },
+            src_known: false,
+        };
+        deny_map_full(&subject);
+        return REFUSE;
     }
     PROCEED
 }

@@ -12,11 +12,15 @@
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
-use zgate_common::{conn::ConnKey, event::HOOK_CONNECT, Addr, IPPROTO_TCP};
+use zgate_common::{
+    conn::ConnKey,
+    event::HOOK_CONNECT,
+    Addr, IPPROTO_TCP,
+};
 
 use crate::{
-    maps::WORKLOADS,
-    verdict::{addr_v4, addr_v6, judge, listener, Subject, Verdict},
+    maps::{CONFIG, CONN_COUNT, WORKLOADS},
+    verdict::{addr_v4, addr_v6, deny_map_full, judge, listener, Subject, Verdict},
 };
 
 const ALLOW: i32 = 1;
@@ -51,7 +55,10 @@ fn verdict(ctx: &SockAddrContext, dst: Addr) -> i32 {
         return ALLOW;
     };
     let dst_port = u16::from_be(raw_port as u16);
-    let Some(workload) = listener(&dst, dst_port) else {
+    let conn_entries = CONN_COUNT.get(0).copied().unwrap_or(0);
+    let limit = CONFIG.get(0).map_or(0, |c| c.conn_limit);
+    let full = conn_entries >= u64::from(limit);
+    let Some(workload) = listener(&dst, dst_port).or(full.then_some(0)) else {
         return ALLOW;
     };
     let subject = Subject {
@@ -68,6 +75,12 @@ fn verdict(ctx: &SockAddrContext, dst: Addr) -> i32 {
         },
         src_known: false,
     };
+    // `sock_ops` could not record this connection's identity: refuse it
+    // rather than let the destination see a plaintext peer.
+    if full {
+        deny_map_full(&subject);
+        return DENY;
+    }
     match judge(&subject) {
         Verdict::Deny => DENY,
         Verdict::Allow | Verdict::Defer => ALLOW,

@@ -7,6 +7,9 @@
 //! and type comes from `zgate-common`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no atomic read-modify-write in core.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod maps;

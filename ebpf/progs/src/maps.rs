@@ -4,13 +4,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, RingBuf},
 };
 use zgate_common::{
     config::Config,
     conn::{self, ConnKey, ConnPeer},
     event,
     listener::{self, ListenerKey},
+    stats::{self, VerdictKey},
     policy::{
         IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
@@ -36,6 +37,12 @@ pub static LISTENER_COOKIES: HashMap<u64, ListenerKey> =
 
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_CONN_COUNT")]
+pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
+
+#[map(name = "ZG_VERDICTS")]
+pub static VERDICTS: PerCpuHashMap<VerdictKey, u64> = PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_WL_POLICY")]
 pub static WL_POLICY: HashMap<WorkloadPolicyKey, u32> =

@@ -22,8 +22,10 @@ use zgate_common::{
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use crate::{
-    maps::{CONN_PEER, WORKLOADS},
+    maps::{CONN_COUNT, CONN_PEER, WORKLOADS},
     verdict::{addr_v4, addr_v6},
 };
 
@@ -32,9 +34,11 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // Only recorded connections asked for state callbacks.
             if let Some(key) = conn_key(&ctx) {
-                // Absent for connections that were never recorded.
-                let _ = CONN_PEER.remove(&key);
+                if CONN_PEER.remove(&key).is_ok() {
+                    add_count(u64::MAX);
+                }
             }
         }
         _ => {}
@@ -57,10 +61,22 @@ fn on_connect(ctx: &SockOpsContext) {
         origin: ORIGIN_LOCAL,
         original_src: Addr::default(),
     };
-    // If the map is full the entry is missing and the destination sees a
-    // plaintext peer: denied wherever identity is required (fail closed).
+    // `connect()` already refused this connection if the map was close to
+    // full (`conn::RESERVED`), so this insert has room.
     if CONN_PEER.insert(&key, &peer, 0).is_ok() {
+        add_count(1);
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+}
+
+/// `ZG_CONN_COUNT[0] += delta` (wrapping: `u64::MAX` subtracts one).
+#[inline(always)]
+fn add_count(delta: u64) {
+    if let Some(p) = CONN_COUNT.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned u64 in the map, shared by every CPU, so
+        // updated with an atomic add (BPF `lock xadd`); core's `AtomicU64`
+        // has no `fetch_add` on the BPF target.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
     }
 }
 

@@ -6,16 +6,18 @@ use zgate_common::{
     conn::ConnKey,
     event::{self, VerdictEvent},
     listener::ListenerKey,
+    stats::VerdictKey,
     policy::{
         decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
         WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, POLICY_NONE,
-        REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
+        REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
     },
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::maps::{
-    CONFIG, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, WL_POLICY,
+    CONFIG, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
+    WL_POLICY,
 };
 
 /// A connection to an enrolled workload, as one hook sees it.
@@ -67,10 +69,7 @@ pub fn listener(addr: &Addr, port: u16) -> Option<u32> {
 
 #[inline(always)]
 pub fn judge(subject: &Subject) -> Verdict {
-    let generation = match CONFIG.get(0) {
-        Some(c) => c.generation,
-        None => 0,
-    };
+    let generation = CONFIG.get(0).map_or(0, |c| c.generation);
     let set_id = match unsafe {
         WL_POLICY.get(&WorkloadPolicyKey {
             generation,
@@ -126,6 +125,11 @@ pub fn judge(subject: &Subject) -> Verdict {
         return deny_unconfigured(subject, generation);
     };
     let decision = decide(set, identity, port, src, dst);
+    let decider = match decision.term {
+        Some(term) => term_policy(generation, set_id, term),
+        None => POLICY_NONE,
+    };
+    count(decider, decision.reason, subject.hook);
     if let Some(term) = decision.dry_run_deny {
         let policy = term_policy(generation, set_id, term);
         emit(subject, generation, event::KIND_DRY_RUN_DENY_MATCH, decision.reason, policy);
@@ -136,12 +140,35 @@ pub fn judge(subject: &Subject) -> Verdict {
     if decision.allowed() {
         return Verdict::Allow;
     }
-    let policy = match decision.term {
-        Some(term) => term_policy(generation, set_id, term),
-        None => POLICY_NONE,
-    };
-    emit(subject, generation, event::KIND_DENY, decision.reason, policy);
+    emit(subject, generation, event::KIND_DENY, decision.reason, decider);
     Verdict::Deny
+}
+
+/// Refuse, fail closed, because a map the verdict needs is full.
+#[inline(always)]
+pub fn deny_map_full(subject: &Subject) -> Verdict {
+    let generation = CONFIG.get(0).map_or(0, |c| c.generation);
+    count(POLICY_NONE, REASON_MAP_FULL, subject.hook);
+    emit(subject, generation, event::KIND_DENY, REASON_MAP_FULL, POLICY_NONE);
+    Verdict::Deny
+}
+
+/// Bump the per-CPU counter of this verdict.
+#[inline(always)]
+pub fn count(policy: u32, reason: u8, hook: u8) {
+    let key = VerdictKey {
+        policy,
+        reason,
+        hook,
+        _pad: [0; 2],
+    };
+    match VERDICTS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value: no other program touches it concurrently.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = VERDICTS.insert(&key, &1, 0);
+        }
+    }
 }
 
 /// The term bitset for `addr` in one address dimension. With `exact` false
@@ -180,6 +207,7 @@ fn term_policy(generation: u32, set: u32, term: u32) -> u32 {
 /// policy generation, or a missing entry. Fail closed.
 #[inline(always)]
 fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
+    count(POLICY_NONE, REASON_NO_POLICY, subject.hook);
     emit(subject, generation, event::KIND_DENY, REASON_NO_POLICY, POLICY_NONE);
     Verdict::Deny
 }

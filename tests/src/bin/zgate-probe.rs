@@ -7,6 +7,10 @@
 //!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
 //!   connection open and print `closed` / `reset` when the peer ends it,
 //!   or `held` if it survived.
+//! - `zgate-probe bench ADDR N`: N connect+accept+close rounds; prints
+//!   `rate <connections per second>`.
+//! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
+//!   changes; prints `flip <outcome> <unix time in ns>` (or `steady`).
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
@@ -23,6 +27,13 @@ fn main() -> ExitCode {
         (Some("connect"), Some(addr)) => {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
+        }
+        (Some("bench"), Some(addr)) => bench(
+            addr,
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000),
+        ),
+        (Some("flip"), Some(addr)) => {
+            flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
         }
         _ => {
             eprintln!("usage: zgate-probe serve ADDR | connect ADDR [HOLD_SECS]");
@@ -56,8 +67,32 @@ fn serve(addr: SocketAddr) {
     }
 }
 
+/// `PROBE_SOURCE=IP` binds the client to that source address first.
+fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = std::env::var("PROBE_SOURCE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return TcpStream::connect_timeout(&addr, Duration::from_secs(3));
+    };
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let local = SockaddrStorage::from(SocketAddr::new(source, 0));
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local)?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    Ok(TcpStream::from(fd))
+}
+
 fn connect(addr: SocketAddr, hold: Option<u64>) {
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+    let stream = match dial(addr) {
         Ok(s) => s,
         Err(e) => {
             println!("{}", outcome(&e));
@@ -100,6 +135,49 @@ fn connect(addr: SocketAddr, hold: Option<u64>) {
         }
     }
     println!("held");
+}
+
+fn bench(addr: SocketAddr, rounds: u32) {
+    let started = Instant::now();
+    for _ in 0..rounds {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                // The greeting proves the server accepted the connection.
+                let mut b = [0u8; 6];
+                let _ = (&s).read_exact(&mut b);
+            }
+            Err(e) => {
+                println!("{}", outcome(&e));
+                return;
+            }
+        }
+    }
+    println!(
+        "rate {:.0}",
+        f64::from(rounds) / started.elapsed().as_secs_f64()
+    );
+}
+
+fn flip(addr: SocketAddr, secs: u64) {
+    let attempt = || match TcpStream::connect(addr) {
+        Ok(_) => "connected".to_owned(),
+        Err(e) => outcome(&e),
+    };
+    let first = attempt();
+    println!("start {first}");
+    let _ = std::io::stdout().flush();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let now = attempt();
+        if now != first {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            println!("flip {now} {at}");
+            return;
+        }
+    }
+    println!("steady");
 }
 
 fn outcome(e: &std::io::Error) -> String {
