@@ -22,13 +22,14 @@ use crate::{
 
 mod admin;
 mod events;
+mod metrics;
 mod options;
 mod state;
 pub mod status;
 mod watch;
 
 pub use admin::{Request, Response};
-pub use options::{cgroup2_mount, AgentOptions, Capacity, NodeOptions};
+pub use options::{cgroup2_mount, AgentOptions, Capacity, LogFormat, NodeOptions};
 use state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,7 @@ enum Command {
     Reload,
     Event(zgate_common::event::VerdictEvent),
     Status(oneshot::Sender<status::Status>),
+    Metrics(oneshot::Sender<String>),
 }
 
 /// How the agent ends: Ctrl-C (SIGINT) detaches everything it attached;
@@ -114,6 +116,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     let (tx, mut rx) = mpsc::channel(1024);
     let admin = admin::serve(&node.admin_socket, tx.clone())?;
     let _events = events::spawn(events, tx.clone())?;
+    let _metrics = metrics::serve(opts.metrics_addr, opts.readiness_addr, tx.clone()).await?;
     let _watch = opts
         .config
         .as_deref()

@@ -26,7 +26,7 @@ use zgate_common::{
         self, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
     },
-    stats::{self, VerdictKey},
+    stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
 };
 
@@ -134,6 +134,7 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
     pub conn_count: Array<MapData, u64>,
     pub verdicts: PerCpuHashMap<MapData, VerdictKey, u64>,
+    pub conn_stats: PerCpuHashMap<MapData, ConnStatsKey, ConnStats>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
@@ -225,6 +226,24 @@ impl Maps {
     /// Verdict counters summed over CPUs, by policy, reason and hook.
     pub fn verdict_counts(&self) -> Vec<(VerdictKey, u64)> {
         sum_verdicts(&self.verdicts)
+    }
+
+    /// Connection counters summed over CPUs, by identity and workload.
+    pub fn connection_counts(&self) -> Vec<(ConnStatsKey, ConnStats)> {
+        let mut out: Vec<(ConnStatsKey, ConnStats)> = self
+            .conn_stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu.iter().fold(ConnStats::default(), |a, s| ConnStats {
+                    opened: a.opened + s.opened,
+                    denied: a.denied + s.denied,
+                });
+                (k, sum)
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
     }
 }
 
@@ -377,6 +396,7 @@ impl Maps {
             config: take(ebpf, config::MAP)?,
             conn_count: take(ebpf, conn::COUNT_MAP)?,
             verdicts: take(ebpf, stats::MAP)?,
+            conn_stats: take(ebpf, stats::CONN_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,

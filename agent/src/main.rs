@@ -76,11 +76,16 @@ fn main() -> ExitCode {
         "warn"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Only fails if a subscriber is already set, which is then used instead.
-    let _ = tracing_subscriber::fmt()
+    let json = matches!(&cli.command, Command::Agent(o) if o.log_format == agent::LogFormat::Json);
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Only fails if a subscriber is already set, which is then used instead.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -409,6 +409,13 @@ impl Node {
         host
     }
 
+    /// GET `path` from the agent's metrics or readiness server.
+    pub fn http_get(&self, addr: &str, path: &str) -> String {
+        let mut c = self.command(probe_bin());
+        c.args(["get", addr, path]);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
     /// Connect from a plain process (not enrolled: plaintext, no identity).
     pub fn connect_plaintext(&self, addr: &str) -> Outcome {
         let mut c = self.command(probe_bin());

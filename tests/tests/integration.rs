@@ -487,3 +487,50 @@ fn full_connection_map_fails_closed() {
         );
     }
 }
+
+/// `/metrics` has the kernel's counters with Istio's labels after allowed
+/// and denied connections; `/healthz/ready` answers once the agent is up.
+#[test]
+fn metrics_count_allowed_and_denied_connections() {
+    let node = Node::start("metrics", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::NotPermitted
+    );
+    assert!(node
+        .http_get("127.0.0.1:15021", "/healthz/ready")
+        .starts_with("HTTP/1.1 200"));
+    let metrics = node.http_get("127.0.0.1:15020", "/metrics");
+    let has = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        has(
+            r#"istio_tcp_connections_opened_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            r#"zgate_connections_denied_total{source_principal="spiffe://cluster.local/ns/ambient-demo/sa/notsleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        has(
+            r#"zgate_verdicts_total{policy="ambient-demo/allow-sleep-to-httpbin",action="ALLOW",reason="allow policy matched",hook="accept"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zgate_policy_apply_seconds_count"),
+        "{metrics}"
+    );
+}

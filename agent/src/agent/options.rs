@@ -57,6 +57,22 @@ pub struct AgentOptions {
     pub node: NodeOptions,
     #[command(flatten)]
     pub capacity: Capacity,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Readiness (`/healthz/ready`), served once the programs are attached
+    /// and the first config is applied.
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    pub readiness_addr: std::net::SocketAddr,
+    /// Log format (`RUST_LOG` filters either).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl AgentOptions {

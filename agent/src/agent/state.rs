@@ -19,7 +19,11 @@ use zgate_common::{
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
-use super::{load_mesh, status, AgentOptions, Command, Error};
+use super::{
+    load_mesh,
+    metrics::{Family, Histogram},
+    status, AgentOptions, Command, Error,
+};
 use crate::{
     bpf::{self, Datapath, Paths, PolicyWriter},
     compile::{self, Compiled, Identities, PolicyIds, WorkloadPolicies},
@@ -32,6 +36,8 @@ use crate::{
 
 pub(super) struct State {
     started: Instant,
+    compile_seconds: Histogram,
+    apply_seconds: Histogram,
     opts: AgentOptions,
     datapath: Datapath,
     writer: PolicyWriter,
@@ -101,6 +107,8 @@ impl State {
         }
         Ok(Self {
             started: Instant::now(),
+            compile_seconds: Histogram::default(),
+            apply_seconds: Histogram::default(),
             opts,
             datapath,
             writer,
@@ -138,11 +146,13 @@ impl State {
             })
             .collect();
         let compiled = compile::compile(&workloads, &self.identities, &mut self.policy_ids)?;
+        self.compile_seconds.observe(started.elapsed());
         let maps = &mut self.datapath.maps;
         let generation = self
             .writer
             .apply(&mut maps.policy, &mut maps.config, &compiled)?;
         self.compiled = compiled;
+        self.apply_seconds.observe(started.elapsed());
         tracing::info!(
             generation,
             workloads = workloads.len(),
@@ -224,6 +234,9 @@ impl State {
             Command::Event(ev) => self.log_event(&ev),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
             }
         }
     }
@@ -399,6 +412,117 @@ impl State {
             ],
             verdicts,
         }
+    }
+
+    /// The Prometheus exposition of the kernel's counters and the agent's
+    /// own gauges and histograms.
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let maps = &self.datapath.maps;
+        let status = self.status();
+        let mut f = Family::new(
+            &mut out,
+            "zgate_verdicts_total",
+            "counter",
+            "Connection verdicts taken in the kernel, by deciding policy, reason and hook.",
+        );
+        for v in &status.verdicts {
+            f.sample(
+                &[
+                    ("policy", &v.policy),
+                    ("action", &v.verdict),
+                    ("reason", &v.reason),
+                    ("hook", &v.hook),
+                ],
+                v.count,
+            );
+        }
+        let conns = maps.connection_counts();
+        let labels = |identity: u32, workload: u32| {
+            let principal = self
+                .identities
+                .get(identity)
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+            let (ns, name) = self.registry.get(workload).map_or_else(
+                || ("unknown".to_owned(), format!("#{workload}")),
+                |w| (w.spec.namespace.clone(), w.spec.name.clone()),
+            );
+            (principal, ns, name)
+        };
+        let mut f = Family::new(
+            &mut out,
+            "istio_tcp_connections_opened_total",
+            "counter",
+            "TCP connections opened to enrolled workloads (reporter=destination).",
+        );
+        for (k, s) in &conns {
+            let (principal, ns, name) = labels(k.identity, k.workload);
+            f.sample(
+                &[
+                    ("reporter", "destination"),
+                    ("source_principal", &principal),
+                    ("destination_workload", &name),
+                    ("destination_workload_namespace", &ns),
+                    ("response_flags", "-"),
+                ],
+                s.opened,
+            );
+        }
+        let mut f = Family::new(
+            &mut out,
+            "zgate_connections_denied_total",
+            "counter",
+            "Connections to enrolled workloads refused by policy, by source and destination.",
+        );
+        for (k, s) in &conns {
+            let (principal, ns, name) = labels(k.identity, k.workload);
+            f.sample(
+                &[
+                    ("source_principal", &principal),
+                    ("destination_workload", &name),
+                    ("destination_workload_namespace", &ns),
+                ],
+                s.denied,
+            );
+        }
+        let mut f = Family::new(
+            &mut out,
+            "zgate_map_entries",
+            "gauge",
+            "Entries in the kernel maps.",
+        );
+        for m in &status.maps {
+            f.sample(&[("map", &m.map)], m.entries);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "zgate_map_capacity",
+            "gauge",
+            "Capacity of the kernel maps.",
+        );
+        for m in &status.maps {
+            f.sample(&[("map", &m.map)], m.capacity);
+        }
+        Family::new(
+            &mut out,
+            "zgate_policy_generation",
+            "gauge",
+            "The live policy generation.",
+        )
+        .sample(&[], status.generation);
+        Family::new(&mut out, "zgate_workloads", "gauge", "Enrolled workloads.")
+            .sample(&[], status.workloads.len());
+        self.compile_seconds.render(
+            &mut out,
+            "zgate_policy_compile_seconds",
+            "Time to compile the policy for every workload.",
+        );
+        self.apply_seconds.render(
+            &mut out,
+            "zgate_policy_apply_seconds",
+            "Time from a policy change to the new generation live in the kernel.",
+        );
+        out
     }
 
     /// Re-read the config directory; a bad file is reported and the last

@@ -125,4 +125,6 @@ mod pod {
     unsafe impl aya::Pod for policy::TermInfo {}
     unsafe impl aya::Pod for workload::Workload {}
     unsafe impl aya::Pod for stats::VerdictKey {}
+    unsafe impl aya::Pod for stats::ConnStatsKey {}
+    unsafe impl aya::Pod for stats::ConnStats {}
 }

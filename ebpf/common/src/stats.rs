@@ -16,3 +16,27 @@ pub struct VerdictKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<VerdictKey>() == 8);
+
+/// `ZG_CONN_STATS`: per-CPU connection counters by source identity and
+/// destination workload, for Istio's TCP metrics (reporter=destination).
+pub const CONN_MAP: &str = "ZG_CONN_STATS";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnStatsKey {
+    /// Numeric source identity, 0 for plaintext.
+    pub identity: u32,
+    /// Numeric destination workload id.
+    pub workload: u32,
+}
+const _: () = assert!(size_of::<ConnStatsKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Connections the destination's policy let through (at SYN time).
+    pub opened: u64,
+    /// Connections refused by policy (at `connect()` or SYN time).
+    pub denied: u64,
+}
+const _: () = assert!(size_of::<ConnStats>() == 16);

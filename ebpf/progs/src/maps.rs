@@ -11,7 +11,7 @@ use zgate_common::{
     conn::{self, ConnKey, ConnPeer},
     event,
     listener::{self, ListenerKey},
-    stats::{self, VerdictKey},
+    stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     policy::{
         IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
@@ -43,6 +43,10 @@ pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
 
 #[map(name = "ZG_VERDICTS")]
 pub static VERDICTS: PerCpuHashMap<VerdictKey, u64> = PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_CONN_STATS")]
+pub static CONN_STATS: PerCpuHashMap<ConnStatsKey, ConnStats> =
+    PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_WL_POLICY")]
 pub static WL_POLICY: HashMap<WorkloadPolicyKey, u32> =

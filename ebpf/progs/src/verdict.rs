@@ -4,9 +4,9 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use zgate_common::{
     conn::ConnKey,
-    event::{self, VerdictEvent},
+    event::{self, VerdictEvent, HOOK_ACCEPT},
     listener::ListenerKey,
-    stats::VerdictKey,
+    stats::{ConnStats, ConnStatsKey, VerdictKey},
     policy::{
         decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
         WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, POLICY_NONE,
@@ -16,7 +16,7 @@ use zgate_common::{
 };
 
 use crate::maps::{
-    CONFIG, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
+    CONFIG, CONN_STATS, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
     WL_POLICY,
 };
 
@@ -130,6 +130,7 @@ pub fn judge(subject: &Subject) -> Verdict {
         None => POLICY_NONE,
     };
     count(decider, decision.reason, subject.hook);
+    count_connection(subject, decision.allowed());
     if let Some(term) = decision.dry_run_deny {
         let policy = term_policy(generation, set_id, term);
         emit(subject, generation, event::KIND_DRY_RUN_DENY_MATCH, decision.reason, policy);
@@ -142,6 +143,33 @@ pub fn judge(subject: &Subject) -> Verdict {
     }
     emit(subject, generation, event::KIND_DENY, decision.reason, decider);
     Verdict::Deny
+}
+
+/// Istio's TCP metrics: a connection the destination allowed is opened
+/// once it passes the accept side; a denial counts wherever it happened.
+#[inline(always)]
+fn count_connection(subject: &Subject, allowed: bool) {
+    if allowed && subject.hook != HOOK_ACCEPT {
+        return;
+    }
+    let key = ConnStatsKey {
+        identity: subject.identity,
+        workload: subject.workload,
+    };
+    let one = ConnStats {
+        opened: u64::from(allowed),
+        denied: u64::from(!allowed),
+    };
+    match CONN_STATS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value: no other program touches it concurrently.
+        Some(s) => unsafe {
+            (*s).opened += one.opened;
+            (*s).denied += one.denied;
+        },
+        None => {
+            let _ = CONN_STATS.insert(&key, &one, 0);
+        }
+    }
 }
 
 /// Refuse, fail closed, because a map the verdict needs is full.

@@ -7,6 +7,7 @@
 //!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
 //!   connection open and print `closed` / `reset` when the peer ends it,
 //!   or `held` if it survived.
+//! - `zgate-probe get ADDR PATH`: an HTTP/1.1 GET; prints the response.
 //! - `zgate-probe bench ADDR N`: N connect+accept+close rounds; prints
 //!   `rate <connections per second>`.
 //! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
         }
+        (Some("get"), Some(addr)) => get(addr, args.get(3).map_or("/", String::as_str)),
         (Some("bench"), Some(addr)) => bench(
             addr,
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000),
@@ -135,6 +137,20 @@ fn connect(addr: SocketAddr, hold: Option<u64>) {
         }
     }
     println!("held");
+}
+
+fn get(addr: SocketAddr, path: &str) {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(mut s) => {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+            let _ = s.write_all(request.as_bytes());
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            print!("{body}");
+        }
+        Err(e) => println!("{}", outcome(&e)),
+    }
 }
 
 fn bench(addr: SocketAddr, rounds: u32) {
