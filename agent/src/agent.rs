@@ -68,6 +68,7 @@ enum Command {
     Event(zgate_common::event::VerdictEvent),
     Status(oneshot::Sender<status::Status>),
     Metrics(oneshot::Sender<String>),
+    Check(Vec<String>, oneshot::Sender<Result<String, String>>),
 }
 
 /// How the agent ends: Ctrl-C (SIGINT) detaches everything it attached;

@@ -20,7 +20,8 @@ mod render;
 pub struct ConfigArgs {
     /// Directory of Kubernetes YAML (AuthorizationPolicy, PeerAuthentication,
     /// WorkloadEntry), read recursively.
-    #[arg(long, value_name = "DIR", required_unless_present = "demo")]
+    /// Required unless --demo (or, for `check`, --agent) is given.
+    #[arg(long, value_name = "DIR")]
     pub config: Option<PathBuf>,
     /// Use the embedded demo (Istio's L4 policy example) instead of --config.
     #[arg(long, conflicts_with = "config")]
@@ -78,6 +79,13 @@ pub struct CheckArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Ask the running agent instead: its live policies, its enrolled
+    /// workloads (for --dest/--source) and the kernel's verdict.
+    #[arg(long, conflicts_with_all = ["config", "demo"])]
+    pub agent: bool,
+    /// The agent's admin socket, with --agent.
+    #[arg(long, default_value = "/run/zgate/admin.sock", requires = "agent")]
+    pub admin_socket: PathBuf,
 }
 
 /// `zgate policies`: every AuthorizationPolicy's status.
@@ -162,13 +170,19 @@ pub enum Error {
     Label { value: String },
     #[error("cannot render JSON: {error}")]
     Json { error: serde_json::Error },
+    #[error("no configuration: pass --config DIR (or --demo for the embedded example)")]
+    NoConfig,
 }
 
 /// Runs `zgate check`.
 pub fn run_check(args: &CheckArgs) -> Result<CheckReport, Error> {
-    let mesh = args.config.load()?;
-    let query = query(&mesh, args)?;
-    Ok(check(&mesh, &query))
+    check_in(&args.config.load()?, args)
+}
+
+/// `zgate check` against a loaded mesh (the agent passes its live one).
+pub fn check_in(mesh: &MeshConfig, args: &CheckArgs) -> Result<CheckReport, Error> {
+    let query = query(mesh, args)?;
+    Ok(check(mesh, &query))
 }
 
 /// Runs `zgate policies`.
@@ -314,10 +328,11 @@ impl ConfigArgs {
     }
 
     /// The embedded demo with `--demo`, else the `--config` directory.
-    pub fn load(&self) -> Result<MeshConfig, config::Error> {
+    pub fn load(&self) -> Result<MeshConfig, Error> {
         match &self.config {
-            Some(dir) if !self.demo => MeshConfig::load_dir(dir, &self.options()),
-            _ => MeshConfig::demo(&self.options()),
+            _ if self.demo => Ok(MeshConfig::demo(&self.options())?),
+            Some(dir) => Ok(MeshConfig::load_dir(dir, &self.options())?),
+            None => Err(Error::NoConfig),
         }
     }
 }

@@ -272,6 +272,16 @@ impl MeshConfig {
         out
     }
 
+    /// This config with `extra` workloads added to the inventory (the
+    /// agent's enrolled workloads, for `zgate check --agent`).
+    pub fn with_workloads(&self, extra: impl IntoIterator<Item = WorkloadEntry>) -> Self {
+        let mut mesh = self.clone();
+        mesh.workloads.extend(extra);
+        mesh.workloads
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        mesh
+    }
+
     /// The policies of one namespace: a contiguous run, as they are sorted
     /// by key.
     fn in_namespace(&self, namespace: &str) -> &[Arc<Authorization>] {

@@ -97,6 +97,25 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = match cli.command {
+        Command::Check(args) if args.agent => {
+            // The agent decides with the same arguments, minus the socket.
+            let mut forwarded = Vec::new();
+            let mut argv = std::env::args().skip_while(|a| a != "check").skip(1);
+            while let Some(a) = argv.next() {
+                match a.as_str() {
+                    "--admin-socket" => {
+                        argv.next();
+                    }
+                    _ if a.starts_with("--admin-socket=") => {}
+                    _ => forwarded.push(a),
+                }
+            }
+            let client = zgate::client::AdminClient::connect(&args.admin_socket)?;
+            match client.request(&agent::Request::Check { args: forwarded })? {
+                agent::Response::Checked { report } => report,
+                other => anyhow::bail!("unexpected reply from the agent: {other:?}"),
+            }
+        }
         Command::Check(args) => check::run_check(&args)?.render(args.json)?,
         Command::Policies(args) => check::run_policies(&args)?.render(args.json)?,
         Command::Agent(opts) => {

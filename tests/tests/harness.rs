@@ -409,6 +409,16 @@ impl Node {
         host
     }
 
+    /// Run a `zgate` subcommand that talks to this node's agent.
+    pub fn zgate(&self, args: &[&str]) -> String {
+        let mut c = self.command(zgate_bin());
+        c.arg(args[0])
+            .arg("--admin-socket")
+            .arg(self.admin_socket())
+            .args(&args[1..]);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    }
+
     /// GET `path` from the agent's metrics or readiness server.
     pub fn http_get(&self, addr: &str, path: &str) -> String {
         let mut c = self.command(probe_bin());

@@ -534,3 +534,54 @@ fn metrics_count_allowed_and_denied_connections() {
         "{metrics}"
     );
 }
+
+/// `zgate status` lists what the agent set up; `zgate check --agent`
+/// explains a denial with the deciding policy, and the kernel agrees.
+#[test]
+fn status_and_check_against_the_live_agent() {
+    let policy = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-other, namespace: ambient-demo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/ambient-demo/sa/other]}
+"#;
+    let node = Node::start("status_and_check", &[("policy.yaml", policy)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+
+    let status = node.zgate(&["status", "--json"]);
+    assert!(
+        status.contains(r#""workload": "ambient-demo/httpbin""#),
+        "{status}"
+    );
+    assert!(
+        status.contains(r#""policy": "ambient-demo/deny-other""#),
+        "{status}"
+    );
+    assert!(status.contains(r#""state": "attached""#), "{status}");
+
+    let check = node.zgate(&[
+        "check",
+        "--agent",
+        "--dest",
+        "ambient-demo/httpbin",
+        "--port",
+        "8000",
+        "--source-identity",
+        "spiffe://cluster.local/ns/ambient-demo/sa/other",
+    ]);
+    assert!(
+        check.starts_with("DENY explicitly denied by: ambient-demo/deny-other"),
+        "{check}"
+    );
+    assert!(check.contains("kernel (generation"), "{check}");
+    assert!(check.contains("DENY (explicitly denied)"), "{check}");
+}

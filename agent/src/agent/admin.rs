@@ -22,6 +22,9 @@ pub enum Request {
     Enroll(Spec),
     /// What the agent is doing (`zgate status`).
     Status,
+    /// `zgate check --agent`: the `zgate check` arguments, decided against
+    /// the live state.
+    Check { args: Vec<String> },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -29,7 +32,13 @@ pub enum Request {
 pub enum Response {
     Enrolled(Workload),
     Status(Box<super::status::Status>),
-    Error { message: String },
+    /// The rendered `zgate check` report.
+    Checked {
+        report: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Aborts the accept loop when dropped.
@@ -111,6 +120,20 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
             let sent = tx.send(Command::Status(reply)).await;
             match (sent, rx.await) {
                 (Ok(()), Ok(status)) => (Response::Status(Box::new(status)), None),
+                _ => (
+                    Response::Error {
+                        message: Error::Stopped.to_string(),
+                    },
+                    None,
+                ),
+            }
+        }
+        Ok(Request::Check { args }) => {
+            let (reply, rx) = oneshot::channel();
+            let sent = tx.send(Command::Check(args, reply)).await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(Ok(report))) => (Response::Checked { report }, None),
+                (Ok(()), Ok(Err(message))) => (Response::Error { message }, None),
                 _ => (
                     Response::Error {
                         message: Error::Stopped.to_string(),

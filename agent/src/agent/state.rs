@@ -26,8 +26,9 @@ use super::{
 };
 use crate::{
     bpf::{self, Datapath, Paths, PolicyWriter},
+    check,
     compile::{self, Compiled, Identities, PolicyIds, WorkloadPolicies},
-    config::MeshConfig,
+    config::{MeshConfig, WorkloadEntry},
     identity::SpiffeId,
     policy::Reason,
     sock_diag,
@@ -238,6 +239,9 @@ impl State {
             Command::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
             }
+            Command::Check(args, reply) => {
+                let _ = reply.send(self.check(&args));
+            }
         }
     }
 
@@ -412,6 +416,66 @@ impl State {
             ],
             verdicts,
         }
+    }
+
+    /// `zgate check --agent`: the reference evaluator over the live config,
+    /// with enrolled workloads as the inventory, then what the kernel's
+    /// maps decide for the same connection.
+    fn check(&self, args: &[String]) -> Result<String, String> {
+        #[derive(clap::Parser)]
+        #[command(name = "zgate check --agent", no_binary_name = true)]
+        struct Args {
+            #[command(flatten)]
+            check: check::CheckArgs,
+        }
+        let args = <Args as clap::Parser>::try_parse_from(args)
+            .map_err(|e| {
+                let text = e.to_string();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                    .collect();
+                lines.join(" ")
+            })?
+            .check;
+        let enrolled = self.registry.workloads().map(|w| WorkloadEntry {
+            namespace: w.spec.namespace.clone(),
+            name: w.spec.name.clone(),
+            address: None,
+            labels: w.spec.labels.clone(),
+            service_account: w.spec.service_account.clone(),
+        });
+        let mesh = self.mesh.with_workloads(enrolled);
+        let report = check::check_in(&mesh, &args).map_err(|e| e.to_string())?;
+        let kernel = args.dest.as_ref().and_then(|d| {
+            let wl = self
+                .registry
+                .workloads()
+                .find(|w| w.spec.namespace == d.namespace && w.spec.name == d.name)?;
+            let c = &report.query.conn;
+            let id = c.src_identity.as_ref();
+            self.compiled
+                .lookup_spiffe(wl.id, id, &self.identities, c.src, c.dst, c.dst_port)
+        });
+        let mut out = report.render(args.json).map_err(|e| e.to_string())?;
+        if let Some(d) = kernel {
+            let (verdict, reason) = status::reason_name(d.reason);
+            let line = format!(
+                "kernel (generation {}): {verdict} ({reason})",
+                self.writer.generation()
+            );
+            if args.json {
+                out = format!(
+                    "{}\n",
+                    serde_json::json!({"check": serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default(), "kernel": line})
+                );
+            } else {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        Ok(out)
     }
 
     /// The Prometheus exposition of the kernel's counters and the agent's

@@ -171,13 +171,18 @@ fn bad_input_is_an_error() {
         "--demo --dest-namespace a --dest-label novalue --port 1",
         "--demo --dest-namespace a --port 1 --source-identity cluster.local/ns/a/sa/b",
         "--demo --dest-namespace a --port 70000",
-        "--dest-namespace a --port 1",
+        "--demo --config /tmp --dest-namespace a --port 1",
     ] {
         let argv = std::iter::once("zgate")
             .chain(["check"])
             .chain(bad.split_whitespace());
         assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
     }
+    let e = run_check(&check_args("--dest-namespace a --port 1")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no configuration: pass --config DIR (or --demo for the embedded example)"
+    );
     let e = run_policies(&PoliciesArgs {
         config: ConfigArgs {
             config: Some(PathBuf::from("/nonexistent/zgate")),

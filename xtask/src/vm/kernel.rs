@@ -142,10 +142,12 @@ fn resolve(name: &str) -> anyhow::Result<String> {
 /// Download `package` and unpack it into `dir` (through a temporary
 /// directory, so an interrupted unpack is never taken for a finished one).
 fn unpack(package: &str, cache: &Path, dir: &Path) -> anyhow::Result<()> {
-    let download = cache.join(".download");
+    // Per-process scratch names: two runs may fetch the same kernel at once.
+    let pid = std::process::id();
+    let download = cache.join(format!(".download-{pid}"));
     let _ = fs::remove_dir_all(&download);
     let deb = apt::download(package, &download)?;
-    let staging = cache.join(format!(".{package}.unpacking"));
+    let staging = cache.join(format!(".{package}.unpacking-{pid}"));
     let _ = fs::remove_dir_all(&staging);
     let status = Command::new("dpkg-deb")
         .arg("-x")
@@ -157,9 +159,13 @@ fn unpack(package: &str, cache: &Path, dir: &Path) -> anyhow::Result<()> {
         bail!("dpkg-deb -x {} failed ({status})", deb.display());
     }
     fs::write(staging.join(UNPACKED), format!("{package}\n"))?;
+    fs::remove_dir_all(&download)?;
+    if dir.join(UNPACKED).is_file() {
+        // Another run finished first.
+        return Ok(fs::remove_dir_all(&staging)?);
+    }
     let _ = fs::remove_dir_all(dir);
     fs::rename(&staging, dir).with_context(|| format!("moving the kernel to {}", dir.display()))?;
-    fs::remove_dir_all(&download)?;
     Ok(())
 }
 

@@ -303,7 +303,7 @@ const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 rdinit=/init";
 /// A kernel under KVM prints its banner in about a second.
 const KVM_BANNER_WAIT: Duration = Duration::from_secs(20);
 const POWEROFF_WAIT: Duration = Duration::from_secs(30);
-const TAIL_LINES: usize = 60;
+const TAIL_LINES: usize = 40;
 
 #[cfg(test)]
 mod tests {
