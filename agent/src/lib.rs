@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bpf;
 pub mod ca;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod compile;
 pub mod config;

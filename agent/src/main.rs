@@ -57,14 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let message: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                .collect();
-            let message = message.join(" ");
-            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let message = zgate::cli::usage_error_line(&e);
             eprintln!("zgate: error: {message} (see `zgate --help`)");
             return ExitCode::from(2);
         }

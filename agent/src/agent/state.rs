@@ -429,15 +429,7 @@ impl State {
             check: check::CheckArgs,
         }
         let args = <Args as clap::Parser>::try_parse_from(args)
-            .map_err(|e| {
-                let text = e.to_string();
-                let lines: Vec<&str> = text
-                    .lines()
-                    .map(str::trim)
-                    .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
-                    .collect();
-                lines.join(" ")
-            })?
+            .map_err(|e| crate::cli::usage_error_line(&e))?
             .check;
         let enrolled = self.registry.workloads().map(|w| WorkloadEntry {
             namespace: w.spec.namespace.clone(),
