@@ -22,14 +22,17 @@ use crate::{
 
 mod admin;
 mod events;
+mod inbound;
+mod mesh;
 mod metrics;
 mod options;
+mod outbound;
 mod state;
 pub mod status;
 mod watch;
 
 pub use admin::{Request, Response};
-pub use options::{cgroup2_mount, AgentOptions, Capacity, LogFormat, NodeOptions};
+pub use options::{cgroup2_mount, AgentOptions, Capacity, LogFormat, MeshTlsOptions, NodeOptions};
 use state::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,14 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Mesh(#[from] mesh::Error),
+    #[error("binding the {what} listener on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the agent stopped")]
     Stopped,
 }
@@ -69,6 +80,22 @@ enum Command {
     Status(oneshot::Sender<status::Status>),
     Metrics(oneshot::Sender<String>),
     Check(Vec<String>, oneshot::Sender<Result<String, String>>),
+    /// The numeric identity of a peer authenticated over mTLS.
+    InternPeer(
+        crate::identity::SpiffeId,
+        oneshot::Sender<Result<u32, String>>,
+    ),
+    /// Renew the certificates past their refresh time.
+    RotateDue,
+}
+
+/// A background task, aborted when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How the agent ends: Ctrl-C (SIGINT) detaches everything it attached;
@@ -103,18 +130,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     let events = datapath
         .take_events()
         .ok_or(bpf::Error::BugMissing(zgate_common::event::MAP))?;
-    let mut state = State::new(opts.clone(), datapath, mesh)?;
+    let ca = opts
+        .mesh_tls
+        .root_source(node)
+        .load(opts.mesh_tls.svid_ttl)
+        .map_err(mesh::Error::from)?;
+    let mut state = State::new(opts.clone(), datapath, mesh, mesh::Certs::new(ca)?)?;
     let generation = state.apply()?;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let _proxies = spawn_proxies(&opts.mesh_tls, &state, tx.clone()).await?;
     tracing::info!(
         generation,
         elapsed_ms = started.elapsed().as_millis() as u64,
         cgroup = %node.cgroup_root.display(),
         bpffs = %state.paths().root().display(),
         admin = %node.admin_socket.display(),
+        outbound = %opts.mesh_tls.outbound_addr,
+        hbone = %opts.mesh_tls.hbone_addr,
         "zgate agent ready"
     );
 
-    let (tx, mut rx) = mpsc::channel(1024);
     let admin = admin::serve(&node.admin_socket, tx.clone())?;
     let _events = events::spawn(events, tx.clone())?;
     let _metrics = metrics::serve(opts.metrics_addr, opts.readiness_addr, tx.clone()).await?;
@@ -152,6 +187,51 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// The outbound (captured connections) and inbound (HBONE) proxies, and
+/// the certificate rotation clock.
+async fn spawn_proxies(
+    opts: &MeshTlsOptions,
+    state: &State,
+    tx: mpsc::Sender<Command>,
+) -> Result<Vec<Task>, Error> {
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { what, addr, source })
+    };
+    let outbound_listener = bind("outbound", opts.outbound_addr).await?;
+    let hbone_listener = bind("HBONE", opts.hbone_addr).await?;
+    let table = Arc::new(bpf::ConnTable::open(state.paths())?);
+    let outbound = Arc::new(outbound::Outbound {
+        view: state.view(),
+        table: Arc::clone(&table),
+        pool: crate::hbone::Pool::new(),
+    });
+    let inbound = Arc::new(inbound::Inbound {
+        view: state.view(),
+        table,
+        tx: tx.clone(),
+        identities: Default::default(),
+    });
+    let rotate = async move {
+        let mut tick = tokio::time::interval(ROTATE_CHECK);
+        loop {
+            tick.tick().await;
+            if tx.send(Command::RotateDue).await.is_err() {
+                return;
+            }
+        }
+    };
+    Ok(vec![
+        Task(tokio::spawn(outbound.serve(outbound_listener))),
+        Task(tokio::spawn(inbound.serve(hbone_listener))),
+        Task(tokio::spawn(rotate)),
+    ])
+}
+
+/// How often certificates are checked against their refresh time.
+const ROTATE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Remove every program, link, map, cgroup and file zgate created.
 pub fn uninstall(node: &NodeOptions) -> Result<(), Error> {

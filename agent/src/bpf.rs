@@ -26,14 +26,17 @@ use zgate_common::{
         self, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
     },
+    redirect::{self, RemoteWorkload},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
 };
 
+mod conn_table;
 mod paths;
 mod preflight;
 mod writer;
 
+pub use conn_table::{ConnTable, PeerEntry};
 pub use paths::Paths;
 pub use preflight::preflight;
 pub use writer::PolicyWriter;
@@ -138,6 +141,8 @@ pub struct Maps {
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
+    /// Mesh workloads on other nodes: `connect()` to them is captured.
+    pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
     pub policy: PolicyMaps,
 }
 
@@ -400,6 +405,7 @@ impl Maps {
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
+            remote: take(ebpf, redirect::REMOTE_MAP)?,
             policy: PolicyMaps {
                 workload_policy: take(ebpf, policy::WORKLOAD_POLICY_MAP)?,
                 sets: take(ebpf, policy::POLICY_SET_MAP)?,

@@ -28,7 +28,7 @@ enum Command {
     /// Run the node daemon: load and attach the eBPF programs and enforce
     /// the config (default: the embedded ambient-demo example). Ctrl-C
     /// detaches everything; SIGTERM keeps the last policy enforced.
-    Agent(agent::AgentOptions),
+    Agent(Box<agent::AgentOptions>),
     /// Run a command as an enrolled workload of the running agent.
     Run(run::RunArgs),
     /// Remove every program, link, map and cgroup zgate created.
@@ -82,7 +82,8 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zgate: error: {e:#}");
+            // Module errors already say what caused them; the chain would repeat it.
+            eprintln!("zgate: error: {e}");
             ExitCode::from(2)
         }
     }
@@ -116,7 +117,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(agent::run(opts))?;
+            runtime.block_on(agent::run(*opts))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Run(args) => return Ok(exit_code(run::run(&args)?)),

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// The workload's name (default: the command's file name).
     #[arg(long)]
     pub name: Option<String>,
+    /// The workload's own IP, on which it serves HBONE peers from other
+    /// nodes (default: its WorkloadEntry's `spec.address`).
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
     /// The agent's admin socket.
     #[arg(long, default_value = "/run/zgate/admin.sock")]
     pub admin_socket: PathBuf,
@@ -63,7 +67,7 @@ pub fn run(args: &RunArgs) -> Result<ExitStatus, Error> {
     let spec = spec(args)?;
     let admin = AdminClient::connect(&args.admin_socket)?;
     let workload = match admin.request(&Request::Enroll(spec))? {
-        Response::Enrolled(wl) => wl,
+        Response::Enrolled(wl) => *wl,
         other => return Err(Error::Protocol(format!("{other:?}"))),
     };
     let program = &args.command[0];
@@ -111,5 +115,6 @@ fn spec(args: &RunArgs) -> Result<Spec, Error> {
         service_account: args.service_account.clone(),
         name,
         labels,
+        address: args.address.map(|a| a.to_canonical()),
     })
 }

@@ -31,7 +31,7 @@ const MSG_LEN: usize = 72;
 pub enum Error {
     #[error("sock_diag {op}: {source}")]
     Netlink { op: &'static str, source: io::Error },
-    #[error("sock_diag: the kernel refused {op}: {source} (is CONFIG_INET_DIAG_DESTROY set?)")]
+    #[error("sock_diag: the kernel refused {op}: {source} (needs CONFIG_INET_DIAG_DESTROY and the tcp_diag module: modprobe tcp_diag)")]
     Refused { op: &'static str, source: io::Error },
 }
 

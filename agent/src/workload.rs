@@ -37,6 +37,10 @@ pub struct Spec {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The workload's own IP (`zgate run --address`); default: the
+    /// `spec.address` of the WorkloadEntry with its namespace and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

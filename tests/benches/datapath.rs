@@ -1,7 +1,10 @@
 //! Datapath benchmarks (`cargo xtask bench`, as root): connection setup rate
 //! (connect + accept + close over loopback) without zgate and with zgate
-//! enforcing 1, 1 000 and 10 000 rules, as ratios from the same run; and
-//! the latency from a policy file change to the kernel's new verdict.
+//! enforcing 1, 1 000 and 10 000 rules, as ratios from the same run; the
+//! latency from a policy file change to the kernel's new verdict; and,
+//! between two nodes joined by a veth pair, bulk throughput and
+//! request/response latency through the HBONE tunnel against plain TCP
+//! over the same veth, with the agents' CPU time per GiB carried.
 //! A benchmark, not a test: it prints numbers.
 
 #[allow(
@@ -26,6 +29,24 @@ const ROUNDS: &str = "3000";
 const RUNS: usize = 5;
 
 fn main() {
+    // `cargo bench --bench datapath -- tunnel` runs one section.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    if run("setup") {
+        setup_rate();
+    }
+    if run("update") {
+        update_latency();
+    }
+    if run("tunnel") {
+        tunnel();
+    }
+}
+
+fn setup_rate() {
     println!("connection setup rate over loopback: connect+accept+close, median of {RUNS} runs of {ROUNDS}");
     let baseline = {
         let node = Node::bare("bench-baseline");
@@ -49,7 +70,101 @@ fn main() {
         let label = format!("zgate, {rules} rules");
         println!("{label:>26} {r:>12.0} {:>8.3}", r / baseline);
     }
-    update_latency();
+}
+
+/// HBONE (mTLS) between two nodes against plain TCP over the same veth.
+fn tunnel() {
+    const MIB: &str = "1024";
+    const RTTS: &str = "5000";
+    let inventory = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: client, namespace: bench}\nspec: {address: 10.99.8.10, serviceAccount: client}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: server, namespace: bench}\nspec: {address: 10.99.8.20, serviceAccount: server, labels: {app: server}}\n";
+    let (a, b) = Node::pair(
+        "bench-hbone",
+        "10.99.8",
+        (&[10], &[20]),
+        &[("mesh.yaml", inventory), ("policy.yaml", &config(1))],
+        &[],
+    );
+    let _mesh_server = b.server("bench", "server", &["app=server"], "10.99.8.20:8000");
+    let _plain_server = {
+        let mut child = b
+            .command(probe_bin())
+            .args(["serve", "10.99.8.2:9000"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the server: {e}"));
+        if let Some(out) = child.stdout.take() {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        harness::Server(child)
+    };
+    let plain = |mode: &str, arg: &str| {
+        let mut c = a.command(probe_bin());
+        c.args([mode, "10.99.8.2:9000", arg]);
+        probe(c)
+    };
+    let tunneled = |mode: &str, arg: &str| {
+        let mut c = a.workload("bench", "client", &[]);
+        c.arg(probe_bin()).args([mode, "10.99.8.20:8000", arg]);
+        probe(c)
+    };
+    let cpu = || agent_cpu(&a) + agent_cpu(&b);
+    println!("two nodes over a veth pair: {MIB} MiB each way (echo), {RTTS} one-byte round trips");
+    println!(
+        "{:>16} {:>10} {:>10} {:>10} {:>16}",
+        "", "MiB/s", "p50 µs", "p99 µs", "agent CPU s/GiB"
+    );
+    for (label, run) in [
+        ("plain TCP", &plain as &dyn Fn(&str, &str) -> String),
+        ("HBONE (mTLS)", &tunneled),
+    ] {
+        let before = cpu();
+        let bulk = run("bulk", MIB);
+        let spent = cpu() - before;
+        let rr = run("rr", RTTS);
+        let mibs = bulk
+            .strip_prefix("throughput ")
+            .map(str::trim)
+            .unwrap_or("?");
+        let mut rr = rr.split_whitespace().skip(1).step_by(2);
+        let (p50, p99) = (rr.next().unwrap_or("?"), rr.next().unwrap_or("?"));
+        // Both directions carry MIB MiB.
+        let gib = 2.0 * MIB.parse::<f64>().unwrap_or(0.0) / 1024.0;
+        println!(
+            "{label:>16} {mibs:>10} {p50:>10} {p99:>10} {:>16.2}",
+            spent / gib
+        );
+    }
+}
+
+fn probe(mut c: Command) -> String {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("running the probe: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// User + system CPU seconds the node's agent has used so far.
+fn agent_cpu(node: &Node) -> f64 {
+    let Some(pid) = node.agent_pid() else {
+        return 0.0;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    ticks as f64 / hz as f64
 }
 
 /// Time from writing (or removing) a policy file to the first connection

@@ -30,6 +30,9 @@ pub enum Outcome {
     Refused,
     /// `EPERM`: the connect-side verdict, before any packet was sent.
     NotPermitted,
+    /// `ECONNRESET`: the connection was accepted, then reset (an HBONE
+    /// CONNECT the destination refused).
+    Reset,
     Other(String),
 }
 
@@ -181,6 +184,14 @@ impl Node {
         zgate::bpf::pinned_verdict_counts(&paths).expect("reading ZG_VERDICTS")
     }
 
+    /// Entries in this node's (`ZG_ORIG_DST`, `ZG_CONN_PEER`).
+    pub fn connection_entries(&self) -> (usize, usize) {
+        let paths = zgate::bpf::Paths::new(Path::new("/sys/fs/bpf"), &self.netns);
+        zgate::bpf::ConnTable::open(&paths)
+            .expect("opening the connection maps")
+            .entries()
+    }
+
     fn node_args(&self) -> Vec<String> {
         vec![
             "--cgroup-root".into(),
@@ -242,9 +253,14 @@ impl Node {
         }
     }
 
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     pub fn signal_agent(&self, signal: nix::sys::signal::Signal) {
-        if let Some(child) = &self.agent {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        if let Some(pid) = self.agent_pid() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
             nix::sys::signal::kill(pid, signal).expect("signalling the agent");
         }
     }
@@ -409,6 +425,84 @@ impl Node {
         host
     }
 
+    /// Two nodes of one mesh, joined by a veth pair (`mesh0` on both
+    /// sides) on `<net>.0/24`: node A gets `<net>.1` plus `a_addrs`, node
+    /// B `<net>.2` plus `b_addrs` (workload addresses, last octets). Both
+    /// agents run on the same `files` and the same root CA, with `args`.
+    pub fn pair(
+        test: &str,
+        net: &str,
+        (a_addrs, b_addrs): (&[u8], &[u8]),
+        files: &[(&str, &str)],
+        args: &[&str],
+    ) -> (Node, Node) {
+        let mut a = Node::bare(test);
+        let mut b = Node::bare(test);
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        ip(&[
+            "-n", &a.netns, "link", "add", "mesh0", "type", "veth", "peer", "name", "mesh0",
+            "netns", &b.netns,
+        ]);
+        for (node, own, extra) in [(&a, 1u8, a_addrs), (&b, 2u8, b_addrs)] {
+            for last in std::iter::once(&own).chain(extra) {
+                let addr = format!("{net}.{last}/24");
+                ip(&["-n", &node.netns, "addr", "add", &addr, "dev", "mesh0"]);
+            }
+            ip(&["-n", &node.netns, "link", "set", "mesh0", "up"]);
+        }
+        let ca = a.dir.join("mesh-ca");
+        zgate::ca::CertificateAuthority::load_or_generate(&ca).expect("generating the mesh root");
+        for node in [&mut a, &mut b] {
+            node.agent_args = ["--ca-dir", &ca.display().to_string()]
+                .iter()
+                .chain(args)
+                .map(|s| s.to_string())
+                .collect();
+            for (file, yaml) in files {
+                node.write_config(file, yaml);
+            }
+            node.spawn_agent();
+        }
+        (a, b)
+    }
+
+    /// Capture on this node's `iface` while `traffic` runs: (TCP packets
+    /// by port, packets whose payload holds `needle`).
+    pub fn sniff(
+        &self,
+        iface: &str,
+        needle: &str,
+        traffic: impl FnOnce(),
+    ) -> (std::collections::BTreeMap<u16, u64>, u64) {
+        let mut child = self
+            .command(probe_bin())
+            .args(["sniff", iface, needle, "4"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the sniffer");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(first, "sniffing", "the sniffer failed");
+        traffic();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let _ = child.wait();
+        let mut ports = std::collections::BTreeMap::new();
+        let mut found = u64::MAX;
+        for line in &rest {
+            if let Some(list) = line.strip_prefix("tcp ") {
+                for pair in list.split_whitespace() {
+                    if let Some((p, n)) = pair.split_once(':') {
+                        ports.insert(p.parse().expect("port"), n.parse().expect("count"));
+                    }
+                }
+            } else if let Some(n) = line.strip_prefix("needle ") {
+                found = n.parse().expect("count");
+            }
+        }
+        assert_ne!(found, u64::MAX, "the sniffer said: {rest:?}");
+        (ports, found)
+    }
+
     /// Run a `zgate` subcommand that talks to this node's agent.
     pub fn zgate(&self, args: &[&str]) -> String {
         let mut c = self.command(zgate_bin());
@@ -462,6 +556,7 @@ fn outcome(out: &Output) -> Outcome {
         "connected" => Outcome::Connected,
         "refused" => Outcome::Refused,
         "not-permitted" => Outcome::NotPermitted,
+        "reset" => Outcome::Reset,
         other => Outcome::Other(format!(
             "{other} (stderr: {})",
             String::from_utf8_lossy(&out.stderr).trim()

@@ -30,7 +30,7 @@ pub enum Request {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Enrolled(Workload),
+    Enrolled(Box<Workload>),
     Status(Box<super::status::Status>),
     /// The rendered `zgate check` report.
     Checked {
@@ -105,7 +105,7 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<Command>) {
             let (reply, rx) = oneshot::channel();
             let sent = tx.send(Command::Enroll(spec, reply)).await;
             match (sent, rx.await) {
-                (Ok(()), Ok(Ok(wl))) => (Response::Enrolled(wl.clone()), Some(wl.id)),
+                (Ok(()), Ok(Ok(wl))) => (Response::Enrolled(Box::new(wl.clone())), Some(wl.id)),
                 (Ok(()), Ok(Err(message))) => (Response::Error { message }, None),
                 _ => (
                     Response::Error {

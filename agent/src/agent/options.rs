@@ -67,6 +67,35 @@ pub struct AgentOptions {
     /// Log format (`RUST_LOG` filters either).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub mesh_tls: MeshTlsOptions,
+}
+
+/// The mTLS data path between nodes: the node CA, and the HBONE listeners.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MeshTlsOptions {
+    /// Where connections from enrolled workloads to mesh workloads on other
+    /// nodes are redirected (by `connect()` rewriting, no iptables).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound_addr: std::net::SocketAddr,
+    /// HBONE (HTTP/2 CONNECT over mTLS) from other nodes.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub hbone_addr: std::net::SocketAddr,
+    /// zgate's own root CA: loaded from, or generated on first start in,
+    /// this directory. Default: `<state-dir>/ca`.
+    #[arg(long, conflicts_with_all = ["ca_cert", "ca_key"])]
+    pub ca_dir: Option<PathBuf>,
+    /// An operator-supplied root CA certificate (PEM); with `--ca-key`.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key of `--ca-cert` (PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of the workload certificates (SVIDs) this node issues, e.g.
+    /// `24h`, `90s`; renewed half-way through (counted from a minute
+    /// before issue, for clock skew).
+    #[arg(long, hide = true, default_value = "24h", value_parser = parse_duration)]
+    pub svid_ttl: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -92,6 +121,42 @@ impl AgentOptions {
     }
 }
 
+impl MeshTlsOptions {
+    /// Where the root CA comes from.
+    pub fn root_source(&self, node: &NodeOptions) -> crate::ca::RootSource {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => crate::ca::RootSource::Operator {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::ca::RootSource::Generated {
+                dir: self
+                    .ca_dir
+                    .clone()
+                    .unwrap_or_else(|| node.state_dir.join("ca")),
+            },
+        }
+    }
+}
+
+/// `90s`, `5m`, `24h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 5m or 24h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 impl NodeOptions {
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join(format!("{}.state.json", self.instance))
@@ -113,4 +178,21 @@ fn default_cgroup_root() -> PathBuf {
     cgroup2_mount()
         .unwrap_or_else(|| Path::new("/sys/fs/cgroup").to_owned())
         .join("zgate")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }

@@ -2,25 +2,33 @@
 //! config, the enrolled workloads, and the compiled live generation.
 
 use std::{
-    collections::BTreeMap, fs, os::unix::fs::OpenOptionsExt as _, path::PathBuf, sync::Arc,
-    time::Instant,
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt as _,
+    path::PathBuf,
+    sync::Arc,
+    time::{Instant, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 use zgate_common::{
-    conn::ConnKey,
+    conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
     listener::ListenerKey,
     policy::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
+    redirect::RemoteWorkload,
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use super::{
     load_mesh,
+    mesh::{self, Certs, MeshView},
     metrics::{Family, Histogram},
     status, AgentOptions, Command, Error,
 };
@@ -47,6 +55,8 @@ pub(super) struct State {
     identities: Identities,
     policy_ids: PolicyIds,
     compiled: Compiled,
+    certs: Certs,
+    view: Arc<ArcSwap<MeshView>>,
 }
 
 /// What survives an agent restart besides the pinned maps: the enrolled
@@ -62,8 +72,13 @@ impl State {
         opts: AgentOptions,
         mut datapath: Datapath,
         mesh: Arc<MeshConfig>,
+        certs: Certs,
     ) -> Result<Self, Error> {
-        let writer = PolicyWriter::new(&datapath.maps.config, opts.map_sizes().conn_limit());
+        let writer = PolicyWriter::new(
+            &datapath.maps.config,
+            opts.map_sizes().conn_limit(),
+            Some(opts.mesh_tls.outbound_addr),
+        );
         let mut registry = Registry::new(&opts.node.cgroup_root);
         let mut identities = Identities::default();
         let path = opts.node.state_file();
@@ -76,6 +91,20 @@ impl State {
                 identities.intern(id);
             }
             registry.adopt(saved.workloads);
+        }
+        // Connections a previous agent relayed died with it (it owned their
+        // sockets): forget their peers, so no later connection that happens
+        // to reuse a 5-tuple inherits an authenticated identity.
+        let relayed: Vec<ConnKey> = datapath
+            .maps
+            .conn_peer
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, peer)| peer.origin == ORIGIN_AGENT)
+            .map(|(key, _)| key)
+            .collect();
+        for key in relayed {
+            let _ = datapath.maps.conn_peer.remove(&key);
         }
         // Re-register adopted workloads; drop entries for cgroups that are gone.
         let stale: Vec<u64> = datapath
@@ -118,11 +147,100 @@ impl State {
             identities,
             policy_ids: PolicyIds::default(),
             compiled: Compiled::default(),
+            view: Arc::new(ArcSwap::from_pointee(MeshView {
+                roots: certs.roots(),
+                certs: Default::default(),
+                local: Default::default(),
+                remote: Default::default(),
+            })),
+            certs,
         })
     }
 
     pub fn paths(&self) -> &Paths {
         &self.datapath.paths
+    }
+
+    /// What the proxies read: always the latest published view.
+    pub fn view(&self) -> Arc<ArcSwap<MeshView>> {
+        Arc::clone(&self.view)
+    }
+
+    /// The workload's own IP: `zgate run --address`, else its
+    /// WorkloadEntry's (same namespace and name).
+    fn address_of(&self, wl: &Workload) -> Option<IpAddr> {
+        wl.spec.address.or_else(|| {
+            self.mesh
+                .workload(&wl.spec.namespace, &wl.spec.name)
+                .and_then(|e| e.address)
+        })
+    }
+
+    /// Bring the mesh data path in line with the enrolled workloads and the
+    /// inventory: certificates for the identities enrolled here (and only
+    /// those), `ZG_REMOTE` for the workloads on other nodes, and a new
+    /// [`MeshView`] for the proxies.
+    fn sync_mesh(&mut self) {
+        let wanted: BTreeSet<_> = self
+            .registry
+            .workloads()
+            .map(|w| w.identity.clone())
+            .collect();
+        self.certs.sync(&wanted);
+        let mut local = mesh::node_addresses();
+        let mut certs = std::collections::HashMap::new();
+        let mut servers = std::collections::HashMap::new();
+        for wl in self.registry.workloads() {
+            let address = self.address_of(wl);
+            local.extend(address);
+            let Some(issued) = self.certs.get(&wl.identity) else {
+                continue;
+            };
+            certs.insert(wl.id, Arc::clone(&issued.cert));
+            if let Some(ip) = address {
+                servers.insert(ip, Arc::clone(&issued.server));
+            }
+        }
+        let remote = self.sync_remote(&local);
+        self.view.store(Arc::new(MeshView {
+            roots: self.certs.roots(),
+            certs,
+            local: servers,
+            remote,
+        }));
+    }
+
+    /// `ZG_REMOTE` := every WorkloadEntry address not on this node.
+    fn sync_remote(
+        &mut self,
+        local: &BTreeSet<IpAddr>,
+    ) -> std::collections::HashMap<IpAddr, SpiffeId> {
+        let td = &self.opts.trust_domain;
+        let remote: std::collections::HashMap<IpAddr, SpiffeId> = self
+            .mesh
+            .workloads()
+            .iter()
+            .filter_map(|e| {
+                let ip = e.address?;
+                (!local.contains(&ip)).then(|| (ip, e.identity(td)))
+            })
+            .collect();
+        let map = &mut self.datapath.maps.remote;
+        let stale: Vec<Addr> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !remote.contains_key(&IpAddr::from(*a)))
+            .collect();
+        for addr in stale {
+            let _ = map.remove(&addr);
+        }
+        for (ip, id) in &remote {
+            let identity = self.identities.intern(id);
+            if let Err(e) = map.insert(Addr::from(*ip), RemoteWorkload { identity }, 0) {
+                tracing::error!(addr = %ip, "cannot record a remote workload, connections to it leave uncaptured: {e}");
+            }
+        }
+        remote
     }
 
     /// Compile the mesh config for every enrolled workload and make it the
@@ -162,6 +280,7 @@ impl State {
             "policy applied"
         );
         self.revoke();
+        self.sync_mesh();
         self.save()?;
         Ok(generation)
     }
@@ -242,7 +361,27 @@ impl State {
             Command::Check(args, reply) => {
                 let _ = reply.send(self.check(&args));
             }
+            Command::InternPeer(id, reply) => {
+                let _ = reply.send(self.intern_peer(&id));
+            }
+            Command::RotateDue => self.certs.rotate_due(SystemTime::now()),
         }
+    }
+
+    /// The numeric identity of a peer authenticated over mTLS. A new one
+    /// gets its policy bits in the live generation at once (the compiler
+    /// includes it in every later generation).
+    fn intern_peer(&mut self, id: &SpiffeId) -> Result<u32, String> {
+        if let Some(n) = self.identities.id(id) {
+            return Ok(n);
+        }
+        let n = self.identities.intern(id);
+        let maps = &mut self.datapath.maps;
+        self.writer
+            .add_identity(&mut maps.policy, &self.compiled, n, id)
+            .map_err(|e| format!("cannot write the policy bits of {id}: {e}"))?;
+        tracing::info!(identity = %id, id = n, "new peer identity");
+        Ok(n)
     }
 
     fn enroll(&mut self, spec: Spec) -> Result<Workload, Error> {

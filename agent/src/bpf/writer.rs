@@ -24,17 +24,31 @@ use crate::{
 #[derive(Debug)]
 pub struct PolicyWriter {
     generation: u32,
-    conn_limit: u32,
+    /// What every generation's `ZG_CONFIG` carries besides the generation.
+    base: Config,
 }
 
 impl PolicyWriter {
     /// Start from whatever generation the (possibly adopted) config map
     /// holds, so a restarted agent never reuses the live generation.
-    pub fn new(config: &Array<MapData, Config>, conn_limit: u32) -> Self {
+    /// `outbound` is the agent's outbound listener (`None`: no capture).
+    pub fn new(
+        config: &Array<MapData, Config>,
+        conn_limit: u32,
+        outbound: Option<std::net::SocketAddr>,
+    ) -> Self {
         let generation = config.get(&0, 0).map(|c| c.generation).unwrap_or(0);
+        let (outbound, outbound_port) =
+            outbound.map_or((Addr::default(), 0), |a| (Addr::from(a.ip()), a.port()));
         Self {
             generation,
-            conn_limit,
+            base: Config {
+                generation,
+                conn_limit,
+                outbound,
+                outbound_port,
+                _pad: [0; 2],
+            },
         }
     }
 
@@ -63,7 +77,7 @@ impl PolicyWriter {
                 0,
                 Config {
                     generation: next,
-                    conn_limit: self.conn_limit,
+                    ..self.base
                 },
                 0,
             )

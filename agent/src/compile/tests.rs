@@ -246,7 +246,7 @@ proptest! {
             prop_assert_eq!(got.allowed(), expected.is_allow(), "{:?} {:?}", p, expected);
             prop_assert_eq!(got.reason, reason_code(expected.verdict.reason()));
             let decided_by = got
-                .term
+                .deciding_term()
                 .and_then(|t| compiled.sets[compiled.workload_sets[&(p.workload as u32 + 1)] as usize].terms.get(t as usize))
                 .and_then(|info| policy_ids.key(info.policy));
             prop_assert_eq!(decided_by, expected.verdict.reason().policy());

@@ -13,11 +13,12 @@ pub mod conn;
 pub mod event;
 pub mod listener;
 pub mod policy;
+pub mod redirect;
 pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -124,6 +125,8 @@ mod pod {
     unsafe impl aya::Pod for policy::TermKey {}
     unsafe impl aya::Pod for policy::TermInfo {}
     unsafe impl aya::Pod for workload::Workload {}
+    unsafe impl aya::Pod for redirect::RemoteWorkload {}
+    unsafe impl aya::Pod for redirect::OrigDst {}
     unsafe impl aya::Pod for stats::VerdictKey {}
     unsafe impl aya::Pod for stats::ConnStatsKey {}
     unsafe impl aya::Pod for stats::ConnStats {}

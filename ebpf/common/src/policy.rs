@@ -183,15 +183,23 @@ pub struct TermInfo {
 }
 const _: () = assert!(size_of::<TermInfo>() == 8);
 
+/// No term: `Decision::term` when no policy decided, `dry_run_deny` when no
+/// dry-run DENY matched.
+pub const NO_TERM: u32 = u32::MAX;
+
 /// The outcome of `decide`, before the deciding term is mapped to a policy.
+///
+/// Plain `u32`s with a sentinel rather than `Option<u32>`: an `Option`'s
+/// unset payload is undefined, and the verifier rejects the spill of an
+/// uninitialised register that LLVM may emit for it ("R3 !read_ok").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     /// `REASON_*`.
     pub reason: u8,
-    /// The term that decided (`ALLOW_MATCHED` / `EXPLICIT_DENY`).
-    pub term: Option<u32>,
-    /// First dry-run DENY term that matched, if any.
-    pub dry_run_deny: Option<u32>,
+    /// The term that decided (`ALLOW_MATCHED` / `EXPLICIT_DENY`), or `NO_TERM`.
+    pub term: u32,
+    /// First dry-run DENY term that matched, or `NO_TERM`.
+    pub dry_run_deny: u32,
     /// Dry-run ALLOW policies exist, no enforced ALLOW does, and none matched.
     pub dry_run_no_allow: bool,
 }
@@ -199,6 +207,11 @@ pub struct Decision {
 impl Decision {
     pub fn allowed(&self) -> bool {
         matches!(self.reason, REASON_DEFAULT_ALLOW | REASON_ALLOW_MATCHED)
+    }
+
+    /// The deciding term, if a policy decided.
+    pub fn deciding_term(&self) -> Option<u32> {
+        (self.term != NO_TERM).then_some(self.term)
     }
 }
 
@@ -213,20 +226,20 @@ pub fn decide(
     src: &TermBits,
     dst: &TermBits,
 ) -> Decision {
-    let mut deny = None;
-    let mut allow = None;
-    let mut dry_deny = None;
+    let mut deny = NO_TERM;
+    let mut allow = NO_TERM;
+    let mut dry_deny = NO_TERM;
     let mut dry_allow = false;
     let mut w = 0;
     while w < TERM_WORDS {
         let sat = identity.words[w] & port.words[w] & src.words[w] & dst.words[w];
-        if deny.is_none() {
+        if deny == NO_TERM {
             deny = first_term(w, sat & set.deny.words[w]);
         }
-        if allow.is_none() {
+        if allow == NO_TERM {
             allow = first_term(w, sat & set.allow.words[w]);
         }
-        if dry_deny.is_none() {
+        if dry_deny == NO_TERM {
             dry_deny = first_term(w, sat & set.dry_deny.words[w]);
         }
         dry_allow |= sat & set.dry_allow.words[w] != 0;
@@ -234,14 +247,14 @@ pub fn decide(
     }
     let has_allow = set.flags & SET_HAS_ALLOW != 0;
     let dry_run_no_allow = !has_allow && set.flags & SET_HAS_DRY_ALLOW != 0 && !dry_allow;
-    let (reason, term) = if deny.is_some() {
+    let (reason, term) = if deny != NO_TERM {
         (REASON_EXPLICIT_DENY, deny)
     } else if !has_allow {
-        (REASON_DEFAULT_ALLOW, None)
-    } else if allow.is_some() {
+        (REASON_DEFAULT_ALLOW, NO_TERM)
+    } else if allow != NO_TERM {
         (REASON_ALLOW_MATCHED, allow)
     } else {
-        (REASON_NO_ALLOW_MATCHED, None)
+        (REASON_NO_ALLOW_MATCHED, NO_TERM)
     };
     Decision {
         reason,
@@ -251,12 +264,13 @@ pub fn decide(
     }
 }
 
+/// The lowest set bit's term number, or `NO_TERM`.
 #[inline(always)]
-fn first_term(word: usize, bits: u64) -> Option<u32> {
+fn first_term(word: usize, bits: u64) -> u32 {
     if bits == 0 {
-        None
+        NO_TERM
     } else {
-        Some(word as u32 * 64 + bits.trailing_zeros())
+        word as u32 * 64 + bits.trailing_zeros()
     }
 }
 

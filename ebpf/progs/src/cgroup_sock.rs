@@ -17,7 +17,7 @@ use aya_ebpf::{
 use zgate_common::{conn::ConnKey, event::HOOK_BIND, listener::ListenerKey, Addr, IPPROTO_TCP};
 
 use crate::{
-    maps::{LISTENERS, LISTENER_COOKIES, WORKLOADS},
+    maps::{LISTENERS, LISTENER_COOKIES, ORIG_DST_COOKIES, SOURCE_COOKIES, WORKLOADS},
     verdict::{addr_v4, addr_v6, deny_map_full, Subject},
 };
 
@@ -50,6 +50,9 @@ pub fn zg_sock_release(ctx: SockContext) -> i32 {
         let _ = LISTENER_COOKIES.remove(&cookie);
         let _ = LISTENERS.remove(&key);
     }
+    // A `connect()` that failed before `sock_ops` took its entries.
+    let _ = ORIG_DST_COOKIES.remove(&cookie);
+    let _ = SOURCE_COOKIES.remove(&cookie);
     PROCEED
 }
 

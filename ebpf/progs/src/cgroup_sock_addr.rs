@@ -1,4 +1,4 @@
-//! `cgroup/connect4|6`: the connect-side verdict.
+//! `cgroup/connect4|6`: the connect-side verdict, and outbound capture.
 //!
 //! Between workloads on this node the kernel knows both identities at
 //! `connect()`, so a connection the destination's policy denies fails with
@@ -6,20 +6,28 @@
 //! an enrolled workload here, a policy that depends on the source address)
 //! is left to the accept side.
 //!
+//! A connection from an enrolled workload to a mesh workload on another
+//! node (`ZG_REMOTE`) is redirected to the agent's outbound listener, which
+//! carries it over HBONE (mTLS); the original destination is recorded by
+//! socket cookie for `sock_ops` to re-key (`zgate_common::redirect`).
+//!
 //! # Minimum kernel version
-//! 4.17 (`BPF_CGROUP_INET4_CONNECT`); `bpf_get_current_cgroup_id` from 5.7.
+//! 4.17 (`BPF_CGROUP_INET4_CONNECT`); `bpf_get_current_cgroup_id` from 5.7;
+//! `bpf_get_socket_cookie` here from 5.10.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext as _,
 };
 use zgate_common::{
-    conn::ConnKey,
-    event::HOOK_CONNECT,
-    Addr, IPPROTO_TCP,
+    conn::ConnKey, event::HOOK_CONNECT, redirect::OrigDst, workload::Workload, Addr, AF_INET,
+    AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONFIG, CONN_COUNT, WORKLOADS},
+    maps::{CONFIG, CONN_COUNT, ORIG_DST_COOKIES, REMOTE, SOURCE_COOKIES, WORKLOADS},
     verdict::{addr_v4, addr_v6, deny_map_full, judge, listener, Subject, Verdict},
 };
 
@@ -31,7 +39,7 @@ const DENY: i32 = 0;
 pub fn zg_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let addr = unsafe { addr_v4((*ctx.sock_addr).user_ip4) };
-    verdict(&ctx, addr)
+    verdict::<false>(&ctx, addr)
 }
 
 #[doc(alias = "BPF_CGROUP_INET6_CONNECT")]
@@ -39,11 +47,13 @@ pub fn zg_connect4(ctx: SockAddrContext) -> i32 {
 pub fn zg_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     let addr = unsafe { addr_v6((*ctx.sock_addr).user_ip6) };
-    verdict(&ctx, addr)
+    verdict::<true>(&ctx, addr)
 }
 
+/// `V6`: the connect6 program (the verifier lets each program write only
+/// its own family's address fields).
 #[inline(always)]
-fn verdict(ctx: &SockAddrContext, dst: Addr) -> i32 {
+fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let (protocol, raw_port) = unsafe { ((*ctx.sock_addr).protocol, (*ctx.sock_addr).user_port) };
     if protocol != u32::from(IPPROTO_TCP) {
@@ -54,7 +64,14 @@ fn verdict(ctx: &SockAddrContext, dst: Addr) -> i32 {
     let Some(source) = (unsafe { WORKLOADS.get(&cgroup) }).copied() else {
         return ALLOW;
     };
+    // For `sock_ops`, which records this connection's identity once its
+    // source port is chosen. A full map is caught by the `full` check below.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = SOURCE_COOKIES.insert(&cookie, &source, 0);
     let dst_port = u16::from_be(raw_port as u16);
+    if let Some(verdict) = capture::<V6>(ctx, &dst, dst_port, &source) {
+        return verdict;
+    }
     let conn_entries = CONN_COUNT.get(0).copied().unwrap_or(0);
     let limit = CONFIG.get(0).map_or(0, |c| c.conn_limit);
     let full = conn_entries >= u64::from(limit);
@@ -85,4 +102,81 @@ fn verdict(ctx: &SockAddrContext, dst: Addr) -> i32 {
         Verdict::Deny => DENY,
         Verdict::Allow | Verdict::Defer => ALLOW,
     }
+}
+
+/// Redirect a connection to a remote mesh workload to the agent's outbound
+/// listener; `None` when the destination is not one (or capture is off).
+/// The destination node takes the verdict, once the agent has carried the
+/// connection there over mTLS.
+#[inline(always)]
+fn capture<const V6: bool>(
+    ctx: &SockAddrContext,
+    dst: &Addr,
+    dst_port: u16,
+    source: &Workload,
+) -> Option<i32> {
+    // SAFETY: only presence is read.
+    unsafe { REMOTE.get(dst) }?;
+    let config = CONFIG.get(0)?;
+    let (outbound, port) = (config.outbound, config.outbound_port);
+    if outbound.family == 0 || port == 0 {
+        return None;
+    }
+    if !V6 && outbound.family != AF_INET {
+        return None;
+    }
+    let orig = OrigDst {
+        dst: *dst,
+        dst_port,
+        _pad: [0; 2],
+        identity: source.identity,
+        workload: source.id,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if ORIG_DST_COOKIES.insert(&cookie, &orig, 0).is_err() {
+        // The agent could not tell where this connection was going: refuse
+        // it (EPERM) rather than let it leave in plaintext.
+        let subject = Subject {
+            hook: HOOK_CONNECT,
+            workload: 0,
+            identity: source.identity,
+            conn: ConnKey {
+                src: Addr::any(dst.family),
+                dst: *dst,
+                src_port: 0,
+                dst_port,
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            },
+            src_known: false,
+        };
+        deny_map_full(&subject);
+        return Some(DENY);
+    }
+    let port = u32::from(port.to_be());
+    let b = outbound.bytes;
+    // SAFETY: connect4|6 may write `user_ip4`/`user_ip6` and `user_port`
+    // (`sock_addr_is_valid_access`); the context is valid for the run.
+    unsafe {
+        if V6 {
+            // A v4 listener is reached from a v6 socket by its v4-mapped
+            // address.
+            let words = if outbound.family == AF_INET6 {
+                [word(&b, 0), word(&b, 4), word(&b, 8), word(&b, 12)]
+            } else {
+                [0, 0, u32::from_le_bytes([0, 0, 0xff, 0xff]), word(&b, 0)]
+            };
+            (*ctx.sock_addr).user_ip6 = words;
+        } else {
+            (*ctx.sock_addr).user_ip4 = word(&b, 0);
+        }
+        (*ctx.sock_addr).user_port = port;
+    }
+    Some(ALLOW)
+}
+
+/// Four address bytes as the kernel's network-order `u32` field.
+#[inline(always)]
+fn word(b: &[u8; 16], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }

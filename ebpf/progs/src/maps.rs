@@ -11,12 +11,14 @@ use zgate_common::{
     conn::{self, ConnKey, ConnPeer},
     event,
     listener::{self, ListenerKey},
+    redirect::{self, OrigDst, RemoteWorkload},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     policy::{
         IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
     },
     workload::{self, Workload},
+    Addr,
 };
 
 /// Policy maps are sized by the agent at load time (`set_max_entries`).
@@ -37,6 +39,24 @@ pub static LISTENER_COOKIES: HashMap<u64, ListenerKey> =
 
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+
+/// Socket cookie → the workload that called `connect()` on it, written at
+/// `connect4|6` (process context) for `sock_ops`, which may not call
+/// `bpf_get_current_cgroup_id` before kernel 6.4.
+#[map(name = "ZG_SOURCE_COOKIES")]
+pub static SOURCE_COOKIES: HashMap<u64, Workload> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+
+#[map(name = "ZG_REMOTE")]
+pub static REMOTE: HashMap<Addr, RemoteWorkload> =
+    HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
+
+#[map(name = "ZG_ORIG_DST_COOKIES")]
+pub static ORIG_DST_COOKIES: HashMap<u64, OrigDst> =
+    HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
+
+#[map(name = "ZG_ORIG_DST")]
+pub static ORIG_DST: HashMap<ConnKey, OrigDst> =
+    HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
 
 #[map(name = "ZG_CONN_COUNT")]
 pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);

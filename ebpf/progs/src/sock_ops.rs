@@ -5,6 +5,10 @@
 //! so the entry exists before the destination's `sk_lookup` runs. The entry
 //! is removed when the socket reaches `TCP_CLOSE`.
 //!
+//! A connection `connect4|6` redirected to the agent's outbound listener
+//! has its original destination moved here from socket cookie to the
+//! 5-tuple the agent's accepted socket sees (`zgate_common::redirect`).
+//!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
 
@@ -13,9 +17,10 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE,
     },
-    helpers::bpf_get_current_cgroup_id,
+    helpers::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
+    EbpfContext as _,
 };
 use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
@@ -25,7 +30,7 @@ use zgate_common::{
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use crate::{
-    maps::{CONN_COUNT, CONN_PEER, WORKLOADS},
+    maps::{CONN_COUNT, CONN_PEER, ORIG_DST, ORIG_DST_COOKIES, SOURCE_COOKIES},
     verdict::{addr_v4, addr_v6},
 };
 
@@ -39,6 +44,8 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
                 if CONN_PEER.remove(&key).is_ok() {
                     add_count(u64::MAX);
                 }
+                // A captured connection the agent never accepted.
+                let _ = ORIG_DST.remove(&key);
             }
         }
         _ => {}
@@ -48,14 +55,25 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn on_connect(ctx: &SockOpsContext) {
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // The connecting workload, as `connect4|6` saw it (`sock_ops` may not
+    // read the current cgroup before 6.4; on 6.1 the verifier says
+    // "unknown func bpf_get_current_cgroup_id#80").
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain Copy value, copied out at once.
-    let Some(source) = (unsafe { WORKLOADS.get(&cgroup) }).copied() else {
+    let Some(source) = (unsafe { SOURCE_COOKIES.get(&cookie) }).copied() else {
         return;
     };
+    let _ = SOURCE_COOKIES.remove(&cookie);
     let Some(key) = conn_key(ctx) else {
         return;
     };
+    // SAFETY: a plain Copy value, copied out at once.
+    if let Some(orig) = unsafe { ORIG_DST_COOKIES.get(&cookie) }.copied() {
+        let _ = ORIG_DST_COOKIES.remove(&cookie);
+        if ORIG_DST.insert(&key, &orig, 0).is_ok() {
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        }
+    }
     let peer = ConnPeer {
         identity: source.identity,
         origin: ORIGIN_LOCAL,

@@ -10,7 +10,7 @@ use zgate_common::{
     policy::{
         decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
         WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, POLICY_NONE,
-        REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
+        NO_TERM, REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
     },
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
@@ -125,14 +125,12 @@ pub fn judge(subject: &Subject) -> Verdict {
         return deny_unconfigured(subject, generation);
     };
     let decision = decide(set, identity, port, src, dst);
-    let decider = match decision.term {
-        Some(term) => term_policy(generation, set_id, term),
-        None => POLICY_NONE,
-    };
+    // `NO_TERM` has no `ZG_TERMS` entry: POLICY_NONE.
+    let decider = term_policy(generation, set_id, decision.term);
     count(decider, decision.reason, subject.hook);
     count_connection(subject, decision.allowed());
-    if let Some(term) = decision.dry_run_deny {
-        let policy = term_policy(generation, set_id, term);
+    if decision.dry_run_deny != NO_TERM {
+        let policy = term_policy(generation, set_id, decision.dry_run_deny);
         emit(subject, generation, event::KIND_DRY_RUN_DENY_MATCH, decision.reason, policy);
     }
     if decision.dry_run_no_allow {

@@ -12,6 +12,14 @@
 //!   `rate <connections per second>`.
 //! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
 //!   changes; prints `flip <outcome> <unix time in ns>` (or `steady`).
+//! - `zgate-probe sniff IFACE NEEDLE SECS`: capture every packet on IFACE
+//!   (an `AF_PACKET` socket) for SECS; prints `sniffing` once capturing,
+//!   then `tcp PORT:PACKETS ...` (IPv4 TCP packets by port, either side)
+//!   and `needle COUNT` (TCP payloads containing NEEDLE).
+//! - `zgate-probe rr ADDR N`: N one-byte request/response round trips on
+//!   one connection to an echo server; prints `p50 <µs> p99 <µs>`.
+//! - `zgate-probe bulk ADDR MIB`: send MIB MiB to an echo server while
+//!   draining the echo; prints `throughput <MiB/s>`.
 
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
@@ -33,6 +41,19 @@ fn main() -> ExitCode {
         (Some("bench"), Some(addr)) => bench(
             addr,
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000),
+        ),
+        (Some("sniff"), _) => sniff(
+            args.get(2).map_or("", String::as_str),
+            args.get(3).map_or("", String::as_str),
+            args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5),
+        ),
+        (Some("rr"), Some(addr)) => round_trips(
+            addr,
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000),
+        ),
+        (Some("bulk"), Some(addr)) => bulk(
+            addr,
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(256),
         ),
         (Some("flip"), Some(addr)) => {
             flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
@@ -58,8 +79,9 @@ fn serve(addr: SocketAddr) {
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             let mut stream = stream;
+            let _ = stream.set_nodelay(true);
             let _ = stream.write_all(b"hello\n");
-            let mut buf = [0u8; 1024];
+            let mut buf = vec![0u8; 64 * 1024];
             while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 || stream.write_all(&buf[..n]).is_err() {
                     break;
@@ -194,6 +216,139 @@ fn flip(addr: SocketAddr, secs: u64) {
         }
     }
     println!("steady");
+}
+
+fn sniff(iface: &str, needle: &str, secs: u64) {
+    use nix::sys::socket::{self, AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType};
+    let index = match nix::net::if_::if_nametoindex(iface) {
+        Ok(i) => i as usize,
+        Err(e) => return println!("error: {iface}: {e}"),
+    };
+    let fd = match socket::socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return println!("error: AF_PACKET socket: {e}"),
+    };
+    let timeout = nix::sys::time::TimeVal::new(0, 100_000);
+    let _ = socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &timeout);
+    println!("sniffing");
+    let _ = std::io::stdout().flush();
+    let mut ports = std::collections::BTreeMap::<u16, u64>::new();
+    let mut found = 0u64;
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let Ok((n, Some(from))) = socket::recvfrom::<LinkAddr>(raw, &mut buf) else {
+            continue;
+        };
+        if from.ifindex() != index {
+            continue;
+        }
+        let Some((src, dst, payload)) = tcp_v4(&buf[..n]) else {
+            continue;
+        };
+        *ports.entry(src).or_default() += 1;
+        *ports.entry(dst).or_default() += 1;
+        if !needle.is_empty()
+            && payload
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        {
+            found += 1;
+        }
+    }
+    let list: Vec<String> = ports.iter().map(|(p, n)| format!("{p}:{n}")).collect();
+    println!("tcp {}", list.join(" "));
+    println!("needle {found}");
+}
+
+/// (source port, destination port, payload) of an Ethernet/IPv4/TCP frame.
+fn tcp_v4(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || *ip.get(9)? != 6 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let tcp = ip.get(ihl..total.min(ip.len()))?;
+    let src = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
+    let dst = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    Some((src, dst, tcp.get(offset..).unwrap_or_default()))
+}
+
+/// One-byte round trips on one connection (after the greeting).
+fn round_trips(addr: SocketAddr, n: usize) {
+    let mut stream = match dial(addr) {
+        Ok(s) => s,
+        Err(e) => return println!("{}", outcome(&e)),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut greeting = [0u8; 6];
+    if let Err(e) = stream.read_exact(&mut greeting) {
+        return println!("{}", outcome(&e));
+    }
+    let mut samples = Vec::with_capacity(n);
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        let started = Instant::now();
+        if let Err(e) = stream
+            .write_all(b"x")
+            .and_then(|()| stream.read_exact(&mut b))
+        {
+            return println!("{}", outcome(&e));
+        }
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    println!(
+        "p50 {:.1} p99 {:.1}",
+        at(0.50).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6
+    );
+}
+
+/// Send `mib` MiB to an echo server, reading the echo on another thread.
+fn bulk(addr: SocketAddr, mib: usize) {
+    let stream = match dial(addr) {
+        Ok(s) => s,
+        Err(e) => return println!("{}", outcome(&e)),
+    };
+    let Ok(mut reader) = stream.try_clone() else {
+        return println!("error: cloning the socket");
+    };
+    let total = mib * 1024 * 1024 + 6;
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < total {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    let started = Instant::now();
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut writer = &stream;
+    for _ in 0..mib * 4 {
+        if let Err(e) = writer.write_all(&chunk) {
+            return println!("{}", outcome(&e));
+        }
+    }
+    let got = drain.join().unwrap_or(0);
+    let secs = started.elapsed().as_secs_f64();
+    if got < total {
+        return println!("error: echo ended after {got} of {total} bytes");
+    }
+    println!("throughput {:.1}", mib as f64 / secs);
 }
 
 fn outcome(e: &std::io::Error) -> String {

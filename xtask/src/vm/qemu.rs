@@ -142,31 +142,7 @@ impl Boot<'_> {
     /// deadline passes.
     fn watch(&self, child: &mut Child, accel: Accel) -> Result<Report, Failure> {
         let fail = |e: anyhow::Error| Failure::Other(e);
-        let (tx, rx) = mpsc::channel();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-                    let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let rx = console_lines(child);
         let mut log = fs::File::create(self.console_log)
             .with_context(|| format!("creating {}", self.console_log.display()))
             .map_err(fail)?;
@@ -279,6 +255,32 @@ impl Console {
         }
         self.init && self.report.is_none()
     }
+}
+
+/// The lines qemu prints (the guest's console on stdout, qemu's own errors
+/// on stderr), as they come; the channel closes when qemu exits.
+fn console_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    for stream in [stdout, stderr].into_iter().flatten() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
 }
 
 /// `/dev/kvm` opens read-write.

@@ -1,0 +1,123 @@
+//! The per-connection entries of the agent's proxies, on map handles of
+//! their own (opened from the pins): the original destination of each
+//! captured connection (`ZG_ORIG_DST`), and the authenticated peer of each
+//! connection the agent delivers after mTLS (`ZG_CONN_PEER`).
+//!
+//! Why the proxies do not go through the state task for these: each entry
+//! is keyed by a 5-tuple only this connection has (the agent's own
+//! accepted socket, or a socket it bound to an ephemeral port itself), so
+//! no other writer can race on the key, and the kernel applies each
+//! element update atomically. The state task only reads `ZG_CONN_PEER`
+//! (re-deciding connections after a policy update). What must be
+//! serialized with policy generations — interning a new peer identity and
+//! writing its policy bits — still goes through the state task.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use zgate_common::{
+    conn::{self, ConnKey, ConnPeer, ORIGIN_AGENT},
+    redirect::{self, OrigDst},
+    Addr,
+};
+
+use super::{Error, Paths};
+
+/// Handles on `ZG_ORIG_DST` and `ZG_CONN_PEER`, shared by the proxy tasks.
+pub struct ConnTable {
+    maps: Mutex<Handles>,
+}
+
+struct Handles {
+    orig_dst: HashMap<MapData, ConnKey, OrigDst>,
+    conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
+}
+
+/// A `ZG_CONN_PEER` entry that lives as long as this value: dropping it
+/// (the relayed connection closed, or never opened) removes the entry.
+pub struct PeerEntry {
+    table: Arc<ConnTable>,
+    key: ConnKey,
+}
+
+// === impl ConnTable ===
+
+impl ConnTable {
+    /// Opens the maps pinned under `paths` (the datapath is installed).
+    pub fn open(paths: &Paths) -> Result<Self, Error> {
+        Ok(Self {
+            maps: Mutex::new(Handles {
+                orig_dst: open(paths, redirect::ORIG_DST_MAP)?,
+                conn_peer: open(paths, conn::MAP)?,
+            }),
+        })
+    }
+
+    /// The original destination of a captured connection, as the agent's
+    /// accepted socket sees it (`key.src` = the client's end); the entry
+    /// is deleted, it served its purpose.
+    pub fn take_orig_dst(&self, key: &ConnKey) -> Option<OrigDst> {
+        let mut maps = self.lock();
+        let orig = maps.orig_dst.get(key, 0).ok()?;
+        let _ = maps.orig_dst.remove(key);
+        Some(orig)
+    }
+
+    /// Records `identity` (authenticated over mTLS, from `original_src`)
+    /// as the peer of the connection `key`, before the agent connects it,
+    /// so the kernel's accept-side verdict sees it.
+    pub fn register_peer(
+        self: &Arc<Self>,
+        key: ConnKey,
+        identity: u32,
+        original_src: Addr,
+    ) -> Result<PeerEntry, Error> {
+        let peer = ConnPeer {
+            identity,
+            origin: ORIGIN_AGENT,
+            original_src,
+        };
+        self.lock()
+            .conn_peer
+            .insert(key, peer, 0)
+            .map_err(|source| Error::Map {
+                name: conn::MAP,
+                source,
+            })?;
+        Ok(PeerEntry {
+            table: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Entries in (`ZG_ORIG_DST`, `ZG_CONN_PEER`): captured connections
+    /// not yet accepted, and connections with a recorded peer.
+    pub fn entries(&self) -> (usize, usize) {
+        let maps = self.lock();
+        (maps.orig_dst.keys().count(), maps.conn_peer.keys().count())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Handles> {
+        // Each update is a single map syscall: nothing to repair after a
+        // panicking holder.
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for PeerEntry {
+    fn drop(&mut self) {
+        match self.table.lock().conn_peer.remove(&self.key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
+        }
+    }
+}
+
+fn open<V: aya::Pod>(
+    paths: &Paths,
+    name: &'static str,
+) -> Result<HashMap<MapData, ConnKey, V>, Error> {
+    let err = |source| Error::Map { name, source };
+    let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
+    HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+}
