@@ -19,6 +19,14 @@ pub fn preflight(cgroup_root: &Path, bpffs: &Path) -> Result<(), Error> {
                 .into(),
         ));
     }
+    if let Some((major, minor)) = kernel_version() {
+        if (major, minor) < MIN_KERNEL {
+            return Err(Error::Preflight(format!(
+                "kernel {major}.{minor} is too old: zgate's programs need {}.{} (sk_lookup, socket cookies in cgroup programs); 6.1 or newer is tested",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            )));
+        }
+    }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(Error::Preflight(
             "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): zgate needs a kernel built with CONFIG_DEBUG_INFO_BTF=y".into(),
@@ -56,6 +64,19 @@ pub fn preflight(cgroup_root: &Path, bpffs: &Path) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+/// The oldest kernel whose features the programs use (5.10: socket cookies
+/// in cgroup socket programs; 5.9: `sk_lookup`, `sock_release`).
+const MIN_KERNEL: (u32, u32) = (5, 10);
+
+/// `major.minor` of the running kernel.
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn fs_type(path: &Path) -> Option<i64> {
