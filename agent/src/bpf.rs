@@ -6,6 +6,7 @@
 use std::{
     fs::{self, File},
     io,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -171,6 +172,20 @@ impl Datapath {
                 op: "creating",
                 path: dir.clone(),
                 source,
+            })?;
+        }
+        // Root only, all the way down: the pins are the enforcement state.
+        let instance = paths.root().parent().map(Path::to_owned);
+        for dir in [paths.maps(), paths.links(), paths.root().to_owned()]
+            .into_iter()
+            .chain(instance)
+        {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                Error::Io {
+                    op: "restricting",
+                    path: dir.clone(),
+                    source,
+                }
             })?;
         }
         let mut loader = EbpfLoader::new();

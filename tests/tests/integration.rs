@@ -4,6 +4,7 @@
 
 mod harness;
 mod multinode;
+mod node_security;
 
 use harness::{Node, Outcome};
 use nix::sys::signal::Signal;
