@@ -23,6 +23,7 @@ use crate::{
 mod admin;
 mod events;
 mod inbound;
+mod log_limit;
 mod mesh;
 mod metrics;
 mod options;

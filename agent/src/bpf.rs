@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, Program,
@@ -139,6 +139,7 @@ pub struct Maps {
     pub conn_count: Array<MapData, u64>,
     pub verdicts: PerCpuHashMap<MapData, VerdictKey, u64>,
     pub conn_stats: PerCpuHashMap<MapData, ConnStatsKey, ConnStats>,
+    pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
@@ -248,6 +249,13 @@ impl Maps {
         sum_verdicts(&self.verdicts)
     }
 
+    /// Verdict events the full ring buffer dropped, summed over CPUs.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+            .get(&0, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
+    }
+
     /// Connection counters summed over CPUs, by identity and workload.
     pub fn connection_counts(&self) -> Vec<(ConnStatsKey, ConnStats)> {
         let mut out: Vec<(ConnStatsKey, ConnStats)> = self
@@ -258,6 +266,9 @@ impl Maps {
                 let sum = per_cpu.iter().fold(ConnStats::default(), |a, s| ConnStats {
                     opened: a.opened + s.opened,
                     denied: a.denied + s.denied,
+                    closed: a.closed + s.closed,
+                    sent_bytes: a.sent_bytes + s.sent_bytes,
+                    received_bytes: a.received_bytes + s.received_bytes,
                 });
                 (k, sum)
             })
@@ -417,6 +428,7 @@ impl Maps {
             conn_count: take(ebpf, conn::COUNT_MAP)?,
             verdicts: take(ebpf, stats::MAP)?,
             conn_stats: take(ebpf, stats::CONN_MAP)?,
+            events_dropped: take(ebpf, event::DROPPED_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,

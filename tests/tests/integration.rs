@@ -537,6 +537,19 @@ fn metrics_count_allowed_and_denied_connections() {
         metrics.contains("zgate_policy_apply_seconds_count"),
         "{metrics}"
     );
+    // Closed connections add their bytes, as TCP counts them: the server's
+    // 6-byte greeting plus one for each FIN.
+    let closed = r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#;
+    let sent = r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 14"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = node.http_get("127.0.0.1:15020", "/metrics");
+        if metrics.lines().any(|l| l == closed) && metrics.lines().any(|l| l == sent) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `zgate status` lists what the agent set up; `zgate check --agent`

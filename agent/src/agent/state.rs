@@ -28,6 +28,7 @@ use zgate_common::{
 
 use super::{
     load_mesh,
+    log_limit::LogLimit,
     mesh::{self, Certs, MeshView},
     metrics::{Family, Histogram},
     status, AgentOptions, Command, Error,
@@ -45,6 +46,7 @@ use crate::{
 
 pub(super) struct State {
     started: Instant,
+    log_limit: LogLimit,
     compile_seconds: Histogram,
     apply_seconds: Histogram,
     opts: AgentOptions,
@@ -137,6 +139,7 @@ impl State {
         }
         Ok(Self {
             started: Instant::now(),
+            log_limit: LogLimit::default(),
             compile_seconds: Histogram::default(),
             apply_seconds: Histogram::default(),
             opts,
@@ -552,6 +555,11 @@ impl State {
                     policy_entries,
                     sizes.policy_entries.saturating_mul(6),
                 ),
+                usage(
+                    "remote workloads",
+                    count(maps.remote.keys().count()),
+                    zgate_common::redirect::REMOTE_MAX_ENTRIES,
+                ),
             ],
             verdicts,
         }
@@ -663,6 +671,41 @@ impl State {
                 s.opened,
             );
         }
+        let istio = [
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections to enrolled workloads that closed (reporter=destination).",
+            ),
+            (
+                "istio_tcp_sent_bytes_total",
+                "Bytes enrolled workloads sent on closed connections (reporter=destination).",
+            ),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes enrolled workloads received on closed connections (reporter=destination).",
+            ),
+        ];
+        for (name, help) in istio {
+            let mut f = Family::new(&mut out, name, "counter", help);
+            for (k, s) in &conns {
+                let (principal, ns, wl) = labels(k.identity, k.workload);
+                let value = match name {
+                    "istio_tcp_connections_closed_total" => s.closed,
+                    "istio_tcp_sent_bytes_total" => s.sent_bytes,
+                    _ => s.received_bytes,
+                };
+                f.sample(
+                    &[
+                        ("reporter", "destination"),
+                        ("source_principal", &principal),
+                        ("destination_workload", &wl),
+                        ("destination_workload_namespace", &ns),
+                        ("response_flags", "-"),
+                    ],
+                    value,
+                );
+            }
+        }
         let mut f = Family::new(
             &mut out,
             "zgate_connections_denied_total",
@@ -707,6 +750,20 @@ impl State {
         .sample(&[], status.generation);
         Family::new(&mut out, "zgate_workloads", "gauge", "Enrolled workloads.")
             .sample(&[], status.workloads.len());
+        Family::new(
+            &mut out,
+            "zgate_events_dropped_total",
+            "counter",
+            "Verdict events lost because the ring buffer was full (the verdicts themselves are counted).",
+        )
+        .sample(&[], maps.events_dropped());
+        Family::new(
+            &mut out,
+            "zgate_deny_logs_suppressed_total",
+            "counter",
+            "Deny log lines held back by the per-source rate limit (counters are never limited).",
+        )
+        .sample(&[], self.log_limit.suppressed_total());
         self.compile_seconds.render(
             &mut out,
             "zgate_policy_compile_seconds",
@@ -740,7 +797,11 @@ impl State {
         }
     }
 
-    fn log_event(&self, ev: &VerdictEvent) {
+    fn log_event(&mut self, ev: &VerdictEvent) {
+        let key = (ev.identity, ev.workload, ev.reason, ev.hook);
+        let Some(held_back) = self.log_limit.admit(key, Instant::now()) else {
+            return;
+        };
         let policy = self.policy_ids.key(ev.policy);
         let reason = match (ev.reason, policy) {
             (REASON_EXPLICIT_DENY, Some(key)) => Reason::ExplicitDeny(key.clone()).to_string(),
@@ -771,7 +832,7 @@ impl State {
             ),
             KIND_DENY => tracing::warn!(
                 src.addr = %src, src.identity = %src_identity, dst.addr = %dst,
-                dst.workload = %dst_workload, policy = %policy, hook,
+                dst.workload = %dst_workload, policy = %policy, hook, held_back,
                 error = %format!("connection closed due to policy rejection: {reason}"),
                 "deny"
             ),

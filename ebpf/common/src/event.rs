@@ -4,6 +4,8 @@
 use crate::Addr;
 
 pub const MAP: &str = "ZG_EVENTS";
+/// `ZG_EVENTS_DROPPED[0]`: per-CPU count of events the full ring dropped.
+pub const DROPPED_MAP: &str = "ZG_EVENTS_DROPPED";
 pub const RING_BYTES: u32 = 256 * 1024;
 
 /// Where the verdict was taken.

@@ -38,5 +38,16 @@ pub struct ConnStats {
     pub opened: u64,
     /// Connections refused by policy (at `connect()` or SYN time).
     pub denied: u64,
+    /// Opened connections that have closed.
+    pub closed: u64,
+    /// Bytes the destination sent (acknowledged by the peer), at close.
+    pub sent_bytes: u64,
+    /// Bytes the destination received, at close.
+    pub received_bytes: u64,
 }
-const _: () = assert!(size_of::<ConnStats>() == 16);
+const _: () = assert!(size_of::<ConnStats>() == 40);
+
+/// `ZG_SERVER_CONNS`: socket cookie of an accepted connection to an
+/// enrolled workload → its counters' key, from `PASSIVE_ESTABLISHED` until
+/// the socket closes, when its byte counts are added.
+pub const SERVER_CONNS_MAP: &str = "ZG_SERVER_CONNS";

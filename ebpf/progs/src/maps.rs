@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use zgate_common::{
     config::Config,
@@ -64,6 +64,9 @@ pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
 #[map(name = "ZG_VERDICTS")]
 pub static VERDICTS: PerCpuHashMap<VerdictKey, u64> = PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
 
+#[map(name = "ZG_SERVER_CONNS")]
+pub static SERVER_CONNS: HashMap<u64, ConnStatsKey> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+
 #[map(name = "ZG_CONN_STATS")]
 pub static CONN_STATS: PerCpuHashMap<ConnStatsKey, ConnStats> =
     PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
@@ -88,6 +91,9 @@ pub static IP_BITS: LpmTrie<IpBitsKey, TermBits> = LpmTrie::pinned(POLICY_DEFAUL
 
 #[map(name = "ZG_TERMS")]
 pub static TERMS: HashMap<TermKey, TermInfo> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+
+#[map(name = "ZG_EVENTS_DROPPED")]
+pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "ZG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);

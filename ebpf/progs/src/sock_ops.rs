@@ -14,8 +14,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -24,21 +24,25 @@ use aya_ebpf::{
 };
 use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
+    policy::IDENTITY_NONE,
+    stats::ConnStatsKey,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use crate::{
-    maps::{CONN_COUNT, CONN_PEER, ORIG_DST, ORIG_DST_COOKIES, SOURCE_COOKIES},
-    verdict::{addr_v4, addr_v6},
+    maps::{CONN_COUNT, CONN_PEER, ORIG_DST, ORIG_DST_COOKIES, SERVER_CONNS, SOURCE_COOKIES},
+    verdict::{addr_v4, addr_v6, count_close, listener},
 };
 
 #[sock_ops]
 pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            on_accepted_close(&ctx);
             // Only recorded connections asked for state callbacks.
             if let Some(key) = conn_key(&ctx) {
                 if CONN_PEER.remove(&key).is_ok() {
@@ -85,6 +89,46 @@ fn on_connect(ctx: &SockOpsContext) {
         add_count(1);
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }
+}
+
+/// An accepted connection to an enrolled workload: remember whose it is, so
+/// its byte counts are added to the Istio TCP metrics when it closes.
+#[inline(always)]
+fn on_accepted(ctx: &SockOpsContext) {
+    let Some(key) = conn_key(ctx) else {
+        return;
+    };
+    // `conn_key` is the local end's view; the accept side's is reversed.
+    let Some(workload) = listener(&key.src, key.src_port) else {
+        return;
+    };
+    let inbound = ConnKey {
+        src: key.dst,
+        dst: key.src,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        ..key
+    };
+    // SAFETY: a plain Copy value, copied out at once.
+    let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let stats = ConnStatsKey { identity, workload };
+    if SERVER_CONNS.insert(&cookie, &stats, 0).is_ok() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+}
+
+#[inline(always)]
+fn on_accepted_close(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a plain Copy value, copied out at once.
+    let Some(stats) = (unsafe { SERVER_CONNS.get(&cookie) }).copied() else {
+        return;
+    };
+    let _ = SERVER_CONNS.remove(&cookie);
+    // SAFETY: the context pointer is valid for the program's run.
+    let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
+    count_close(&stats, sent, received);
 }
 
 /// `ZG_CONN_COUNT[0] += delta` (wrapping: `u64::MAX` subtracts one).

@@ -16,7 +16,7 @@ use zgate_common::{
 };
 
 use crate::maps::{
-    CONFIG, CONN_STATS, EVENTS, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
+    CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
     WL_POLICY,
 };
 
@@ -157,6 +157,7 @@ fn count_connection(subject: &Subject, allowed: bool) {
     let one = ConnStats {
         opened: u64::from(allowed),
         denied: u64::from(!allowed),
+        ..ConnStats::default()
     };
     match CONN_STATS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value: no other program touches it concurrently.
@@ -166,6 +167,28 @@ fn count_connection(subject: &Subject, allowed: bool) {
         },
         None => {
             let _ = CONN_STATS.insert(&key, &one, 0);
+        }
+    }
+}
+
+/// At close, add an accepted connection's byte counts to its counters.
+#[inline(always)]
+pub fn count_close(key: &ConnStatsKey, sent: u64, received: u64) {
+    let one = ConnStats {
+        closed: 1,
+        sent_bytes: sent,
+        received_bytes: received,
+        ..ConnStats::default()
+    };
+    match CONN_STATS.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value: no other program touches it concurrently.
+        Some(s) => unsafe {
+            (*s).closed += 1;
+            (*s).sent_bytes += sent;
+            (*s).received_bytes += received;
+        },
+        None => {
+            let _ = CONN_STATS.insert(key, &one, 0);
         }
     }
 }
@@ -241,8 +264,12 @@ fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
 #[inline(always)]
 fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
     let Some(mut entry) = EVENTS.reserve::<VerdictEvent>(0) else {
-        // Ring full: the verdict stands; the agent counts lost events from
-        // the ring's producer position.
+        // Ring full: the verdict stands (and is counted); the event is lost,
+        // and counted as lost.
+        if let Some(n) = EVENTS_DROPPED.get_ptr_mut(0) {
+            // SAFETY: a per-CPU value: no other program touches it concurrently.
+            unsafe { *n += 1 };
+        }
         return;
     };
     entry.write(VerdictEvent {
