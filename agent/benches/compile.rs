@@ -32,8 +32,16 @@ fn main() {
         "policy compilation over {WORKLOADS} workloads in {NAMESPACES} namespaces (median of 5)"
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "policies", "parse ms", "compile ms", "sets", "entries", "map KiB", "B/policy", "check µs"
+        "{:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "policies",
+        "parse ms",
+        "compile ms",
+        "sets",
+        "entries",
+        "map KiB",
+        "B/policy",
+        "check µs",
+        "peak MiB"
     );
     for policies in [100, 1_000, 10_000] {
         row(policies);
@@ -76,13 +84,14 @@ fn row(policies: usize) {
     let (entries, bytes) = footprint(&compiled);
     let (check_time, _) = median(101, || check::check(&mesh, &query()));
     println!(
-        "{policies:>8} {:>10.1} {:>10.1} {:>8} {entries:>10} {:>10} {:>10} {:>10.1}",
+        "{policies:>8} {:>10.1} {:>10.1} {:>8} {entries:>10} {:>10} {:>10} {:>10.1} {:>10.1}",
         ms(parse),
         ms(compile_time),
         compiled.sets.len(),
         bytes / 1024,
         bytes / policies,
         check_time.as_secs_f64() * 1e6,
+        peak_rss_mib(),
     );
 }
 
@@ -184,6 +193,18 @@ fn median<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
         Some(out) => (times[runs / 2], out),
         None => panic!("median of zero runs"),
     }
+}
+
+/// The process's peak resident set so far (`VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn ms(d: Duration) -> f64 {
