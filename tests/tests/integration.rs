@@ -5,6 +5,7 @@
 mod harness;
 mod multinode;
 mod node_security;
+mod soak;
 
 use harness::{Node, Outcome};
 use nix::sys::signal::Signal;

@@ -255,7 +255,10 @@ fn hbone_over_ipv6() {
         &[("workloads.yaml", &workloads), ("policy.yaml", ALLOW_SLEEP)],
         &["--hbone-addr", "[::]:15008"],
     );
-    for (node, addrs) in [(&a, ["fd00:99::1", "fd00:99::10"]), (&b, ["fd00:99::2", "fd00:99::20"])] {
+    for (node, addrs) in [
+        (&a, ["fd00:99::1", "fd00:99::10"]),
+        (&b, ["fd00:99::2", "fd00:99::20"]),
+    ] {
         for addr in addrs {
             harness::run_ok(std::process::Command::new("ip").args([
                 "-n",
@@ -283,4 +286,50 @@ fn hbone_over_ipv6() {
         Outcome::Reset
     );
     assert_eq!(a.connect_plaintext(httpbin), Outcome::Refused);
+}
+
+/// `zgate run --address` names a workload's address when no WorkloadEntry
+/// of its name has one: the node serves HBONE for it with its identity.
+#[test]
+fn run_address_names_the_workload_address() {
+    use std::{
+        io::{BufRead as _, BufReader},
+        os::unix::process::CommandExt as _,
+        process::Stdio,
+    };
+    let (a, b) = mesh("run_address", &[("policy.yaml", ALLOW_SLEEP)], &[]);
+    let mut c = b.command(harness::zgate_bin());
+    c.args([
+        "run",
+        "--namespace",
+        "ambient-demo",
+        "--service-account",
+        "httpbin",
+    ])
+    .args([
+        "--name",
+        "web",
+        "--label",
+        "app=httpbin",
+        "--address",
+        "10.99.9.20",
+    ])
+    .arg("--admin-socket")
+    .arg(b.admin_socket())
+    .arg("--")
+    .arg(harness::probe_bin())
+    .args(["serve", HTTPBIN])
+    .process_group(0)
+    .stdout(Stdio::piped());
+    let mut child = c.spawn().expect("starting the server workload");
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+    let _web = harness::Server(child);
+    assert_eq!(line.trim(), "listening", "{}", b.log());
+    assert_eq!(
+        a.connect_as("ambient-demo", "sleep", HTTPBIN),
+        Outcome::Connected,
+        "B:\n{}",
+        b.log()
+    );
 }

@@ -44,6 +44,9 @@ enum Command {
     /// Benchmarks: policy compilation scaling, connection setup rate with
     /// and without zgate, policy update latency (as root).
     Bench,
+    /// The churn soak: connections checked against the reference evaluator
+    /// while policies flip (as root).
+    Soak(bench::SoakOptions),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::run(&opts),
         Command::IntegrationTest(opts) => vm::run(&opts),
         Command::Bench => bench::run().map(|_| ExitCode::SUCCESS),
+        Command::Soak(opts) => bench::soak(&opts).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

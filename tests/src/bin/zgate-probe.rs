@@ -7,6 +7,8 @@
 //!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
 //!   connection open and print `closed` / `reset` when the peer ends it,
 //!   or `held` if it survived.
+//! - `zgate-probe tally ADDR N`: N connections, whatever their outcome;
+//!   prints `tally connected=… refused=… not-permitted=… other=…`.
 //! - `zgate-probe get ADDR PATH`: an HTTP/1.1 GET; prints the response.
 //! - `zgate-probe bench ADDR N`: N connect+accept+close rounds; prints
 //!   `rate <connections per second>`.
@@ -37,6 +39,10 @@ fn main() -> ExitCode {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
         }
+        (Some("tally"), Some(addr)) => tally(
+            addr,
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100),
+        ),
         (Some("get"), Some(addr)) => get(addr, args.get(3).map_or("/", String::as_str)),
         (Some("bench"), Some(addr)) => bench(
             addr,
@@ -159,6 +165,31 @@ fn connect(addr: SocketAddr, hold: Option<u64>) {
         }
     }
     println!("held");
+}
+
+fn tally(addr: SocketAddr, rounds: u32) {
+    let (mut connected, mut refused, mut not_permitted, mut other) = (0u32, 0u32, 0u32, 0u32);
+    for _ in 0..rounds {
+        match dial(addr) {
+            Ok(s) => {
+                // The greeting proves the server accepted it.
+                let mut b = [0u8; 6];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                match (&s).read_exact(&mut b) {
+                    Ok(()) => connected += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            Err(e) => match outcome(&e).as_str() {
+                "refused" => refused += 1,
+                "not-permitted" => not_permitted += 1,
+                _ => other += 1,
+            },
+        }
+    }
+    println!(
+        "tally connected={connected} refused={refused} not-permitted={not_permitted} other={other}"
+    );
 }
 
 fn get(addr: SocketAddr, path: &str) {
