@@ -2,9 +2,8 @@
 //! config, the enrolled workloads, and the compiled live generation.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs,
-    net::IpAddr,
     os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     sync::Arc,
@@ -21,7 +20,6 @@ use zgate_common::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
-    redirect::RemoteWorkload,
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
@@ -81,6 +79,7 @@ impl State {
             opts.map_sizes().conn_limit(),
             Some(opts.mesh_tls.outbound_addr),
         );
+        writer.discard_unfinished(&mut datapath.maps.policy)?;
         let mut registry = Registry::new(&opts.node.cgroup_root);
         let mut identities = Identities::default();
         let path = opts.node.state_file();
@@ -169,81 +168,18 @@ impl State {
         Arc::clone(&self.view)
     }
 
-    /// The workload's own IP: `zgate run --address`, else its
-    /// WorkloadEntry's (same namespace and name).
-    fn address_of(&self, wl: &Workload) -> Option<IpAddr> {
-        wl.spec.address.or_else(|| {
-            self.mesh
-                .workload(&wl.spec.namespace, &wl.spec.name)
-                .and_then(|e| e.address)
-        })
-    }
-
     /// Bring the mesh data path in line with the enrolled workloads and the
-    /// inventory: certificates for the identities enrolled here (and only
-    /// those), `ZG_REMOTE` for the workloads on other nodes, and a new
-    /// [`MeshView`] for the proxies.
+    /// inventory (certificates, `ZG_REMOTE`), and publish the proxies' new
+    /// view.
     fn sync_mesh(&mut self) {
-        let wanted: BTreeSet<_> = self
-            .registry
-            .workloads()
-            .map(|w| w.identity.clone())
-            .collect();
-        self.certs.sync(&wanted);
-        let mut local = mesh::node_addresses();
-        let mut certs = std::collections::HashMap::new();
-        let mut servers = std::collections::HashMap::new();
-        for wl in self.registry.workloads() {
-            let address = self.address_of(wl);
-            local.extend(address);
-            let Some(issued) = self.certs.get(&wl.identity) else {
-                continue;
-            };
-            certs.insert(wl.id, Arc::clone(&issued.cert));
-            if let Some(ip) = address {
-                servers.insert(ip, Arc::clone(&issued.server));
-            }
-        }
-        let remote = self.sync_remote(&local);
-        self.view.store(Arc::new(MeshView {
-            roots: self.certs.roots(),
-            certs,
-            local: servers,
-            remote,
-        }));
-    }
-
-    /// `ZG_REMOTE` := every WorkloadEntry address not on this node.
-    fn sync_remote(
-        &mut self,
-        local: &BTreeSet<IpAddr>,
-    ) -> std::collections::HashMap<IpAddr, SpiffeId> {
-        let td = &self.opts.trust_domain;
-        let remote: std::collections::HashMap<IpAddr, SpiffeId> = self
-            .mesh
-            .workloads()
-            .iter()
-            .filter_map(|e| {
-                let ip = e.address?;
-                (!local.contains(&ip)).then(|| (ip, e.identity(td)))
-            })
-            .collect();
-        let map = &mut self.datapath.maps.remote;
-        let stale: Vec<Addr> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|a| !remote.contains_key(&IpAddr::from(*a)))
-            .collect();
-        for addr in stale {
-            let _ = map.remove(&addr);
-        }
-        for (ip, id) in &remote {
-            let identity = self.identities.intern(id);
-            if let Err(e) = map.insert(Addr::from(*ip), RemoteWorkload { identity }, 0) {
-                tracing::error!(addr = %ip, "cannot record a remote workload, connections to it leave uncaptured: {e}");
-            }
-        }
-        remote
+        let view = mesh::sync(
+            &mut self.certs,
+            &self.registry,
+            &self.mesh,
+            &mut self.identities,
+            &mut self.datapath.maps.remote,
+        );
+        self.view.store(Arc::new(view));
     }
 
     /// Compile the mesh config for every enrolled workload and make it the

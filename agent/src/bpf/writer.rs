@@ -56,6 +56,14 @@ impl PolicyWriter {
         self.generation
     }
 
+    /// Delete every entry of a generation that is not the live one: what a
+    /// previous agent killed mid-update left half-written. Its next write
+    /// would reuse that generation number and must start from nothing.
+    pub fn discard_unfinished(&self, maps: &mut PolicyMaps) -> Result<(), Error> {
+        let live = self.generation;
+        retain(maps, |g| g == live)
+    }
+
     /// Write `compiled` as the next generation and make it the live one.
     pub fn apply(
         &mut self,
