@@ -148,6 +148,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
         admin = %node.admin_socket.display(),
         outbound = %opts.mesh_tls.outbound_addr,
         hbone = %opts.mesh_tls.hbone_addr,
+        ca = ?opts.mesh_tls.root_source(node),
         "zgate agent ready"
     );
 

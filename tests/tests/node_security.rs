@@ -1,7 +1,10 @@
 //! The node's own security: only root may enrol workloads or read the
 //! agent's state, tested with a real unprivileged user.
 
-use std::{os::unix::fs::PermissionsExt as _, process::Command};
+use std::{
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    process::Command,
+};
 
 use zgate_common::ABI_VERSION;
 
@@ -9,18 +12,12 @@ use crate::harness::{zgate_bin, Node, Outcome};
 
 const DEMO: &str = zgate::config::DEMO_CONFIG;
 
-/// Run `args` as the unprivileged user `nobody`, inside the node's netns.
-fn as_nobody(node: &Node, args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", node.netns))
-        .args([
-            "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-        ])
-        .args(args);
+/// Run `args` as the unprivileged user `nobody` (uid/gid 65534; std drops
+/// root's supplementary groups when it sets the uid). Unix sockets and
+/// bpffs are not per network namespace, so no netns is needed.
+fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..]).uid(65_534).gid(65_534);
     c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"))
 }
 
@@ -35,21 +32,18 @@ fn an_unprivileged_user_cannot_enrol_or_read_state() {
     );
 
     // Enrolling as `sleep` would be allowed through; as nobody it is refused.
-    let out = as_nobody(
-        &node,
-        &[
-            zgate_bin().as_os_str(),
-            "run".as_ref(),
-            "--namespace".as_ref(),
-            "ambient-demo".as_ref(),
-            "--service-account".as_ref(),
-            "sleep".as_ref(),
-            "--admin-socket".as_ref(),
-            node.admin_socket().as_os_str(),
-            "--".as_ref(),
-            "true".as_ref(),
-        ],
-    );
+    let out = as_nobody(&[
+        zgate_bin().as_os_str(),
+        "run".as_ref(),
+        "--namespace".as_ref(),
+        "ambient-demo".as_ref(),
+        "--service-account".as_ref(),
+        "sleep".as_ref(),
+        "--admin-socket".as_ref(),
+        node.admin_socket().as_os_str(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -74,15 +68,12 @@ fn an_unprivileged_user_cannot_enrol_or_read_state() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
     }
-    let out = as_nobody(
-        &node,
-        &[
-            "cat".as_ref(),
-            node.bpffs_dir()
-                .join(format!("v{ABI_VERSION}/maps/ZG_CONFIG"))
-                .as_os_str(),
-        ],
-    );
+    let out = as_nobody(&[
+        "cat".as_ref(),
+        node.bpffs_dir()
+            .join(format!("v{ABI_VERSION}/maps/ZG_CONFIG"))
+            .as_os_str(),
+    ]);
     assert!(!out.status.success(), "nobody read a pinned map");
 
     // Enforcement is unaffected.

@@ -18,12 +18,17 @@ use std::{
     time::SystemTime,
 };
 
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use rustls::{RootCertStore, ServerConfig};
+use zgate_common::{redirect::RemoteWorkload, Addr};
 
 use crate::{
     ca::{self, CertificateAuthority},
+    compile::Identities,
+    config::MeshConfig,
     identity::SpiffeId,
     tls::{self, WorkloadCert},
+    workload::{Registry, Workload},
 };
 
 /// What the proxies need to know, as of the last change.
@@ -139,6 +144,82 @@ impl Certs {
             server,
             refresh_at: svid.refresh_at(),
         })
+    }
+}
+
+/// Bring the mesh data path in line with the enrolled workloads and the
+/// inventory: certificates for the identities enrolled here (and only
+/// those), `ZG_REMOTE` for the workloads on other nodes; returns the view
+/// the proxies should see from now on.
+pub(super) fn sync(
+    certs: &mut Certs,
+    registry: &Registry,
+    mesh: &MeshConfig,
+    identities: &mut Identities,
+    remote_map: &mut BpfHashMap<MapData, Addr, RemoteWorkload>,
+) -> MeshView {
+    let wanted: BTreeSet<_> = registry.workloads().map(|w| w.identity.clone()).collect();
+    certs.sync(&wanted);
+    let mut local = node_addresses();
+    let mut by_workload = HashMap::new();
+    let mut servers = HashMap::new();
+    for wl in registry.workloads() {
+        let address = address_of(mesh, wl);
+        local.extend(address);
+        let Some(issued) = certs.get(&wl.identity) else {
+            continue;
+        };
+        by_workload.insert(wl.id, Arc::clone(&issued.cert));
+        if let Some(ip) = address {
+            servers.insert(ip, Arc::clone(&issued.server));
+        }
+    }
+    let td = &mesh.options().trust_domain;
+    let remote: HashMap<IpAddr, SpiffeId> = mesh
+        .workloads()
+        .iter()
+        .filter_map(|e| {
+            let ip = e.address?;
+            (!local.contains(&ip)).then(|| (ip, e.identity(td)))
+        })
+        .collect();
+    sync_remote(remote_map, &remote, identities);
+    MeshView {
+        roots: certs.roots(),
+        certs: by_workload,
+        local: servers,
+        remote,
+    }
+}
+
+/// The workload's own IP: `zgate run --address`, else its WorkloadEntry's
+/// (same namespace and name).
+fn address_of(mesh: &MeshConfig, wl: &Workload) -> Option<IpAddr> {
+    wl.spec.address.or_else(|| {
+        mesh.workload(&wl.spec.namespace, &wl.spec.name)
+            .and_then(|e| e.address)
+    })
+}
+
+/// `ZG_REMOTE` := `remote`.
+fn sync_remote(
+    map: &mut BpfHashMap<MapData, Addr, RemoteWorkload>,
+    remote: &HashMap<IpAddr, SpiffeId>,
+    identities: &mut Identities,
+) {
+    let stale: Vec<Addr> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|a| !remote.contains_key(&IpAddr::from(*a)))
+        .collect();
+    for addr in stale {
+        let _ = map.remove(&addr);
+    }
+    for (ip, id) in remote {
+        let identity = identities.intern(id);
+        if let Err(e) = map.insert(Addr::from(*ip), RemoteWorkload { identity }, 0) {
+            tracing::error!(addr = %ip, "cannot record a remote workload, connections to it leave uncaptured: {e}");
+        }
     }
 }
 
