@@ -538,6 +538,13 @@ fn metrics_count_allowed_and_denied_connections() {
         metrics.contains("zgate_policy_apply_seconds_count"),
         "{metrics}"
     );
+    // The node holds a certificate for each identity enrolled here.
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            r#"zgate_certificate_expiry_timestamp_seconds{identity="spiffe://cluster.local/ns/ambient-demo/sa/httpbin"} "#
+        )),
+        "{metrics}"
+    );
     // Closed connections add their bytes, as TCP counts them: the server's
     // 6-byte greeting plus one for each FIN.
     let closed = r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#;

@@ -57,6 +57,7 @@ pub(super) struct Issued {
     pub cert: Arc<WorkloadCert>,
     pub server: Arc<ServerConfig>,
     refresh_at: SystemTime,
+    not_after: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,7 @@ impl Certs {
             match renewed {
                 Ok(svid) => {
                     issued.refresh_at = svid.refresh_at();
+                    issued.not_after = svid.not_after();
                     tracing::info!(
                         identity = %id,
                         valid_secs = valid_secs(&svid),
@@ -143,7 +145,19 @@ impl Certs {
             cert,
             server,
             refresh_at: svid.refresh_at(),
+            not_after: svid.not_after(),
         })
+    }
+
+    /// Each issued identity and when its current certificate expires.
+    pub fn expiries(&self) -> Vec<(SpiffeId, SystemTime)> {
+        let mut out: Vec<_> = self
+            .issued
+            .iter()
+            .map(|(id, i)| (id.clone(), i.not_after))
+            .collect();
+        out.sort();
+        out
     }
 }
 

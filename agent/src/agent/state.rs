@@ -498,6 +498,23 @@ impl State {
                 ),
             ],
             verdicts,
+            certificates: self
+                .certs
+                .expiries()
+                .into_iter()
+                .map(|(id, at)| {
+                    let now = SystemTime::now();
+                    let unix = |t: SystemTime| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                    };
+                    status::CertificateStatus {
+                        identity: id.to_string(),
+                        expires_at: unix(at),
+                        expires_in_secs: at.duration_since(now).map_or(0, |d| d.as_secs()),
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -686,6 +703,15 @@ impl State {
         .sample(&[], status.generation);
         Family::new(&mut out, "zgate_workloads", "gauge", "Enrolled workloads.")
             .sample(&[], status.workloads.len());
+        let mut f = Family::new(
+            &mut out,
+            "zgate_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the current certificate of each identity on this node expires (Unix time).",
+        );
+        for c in &status.certificates {
+            f.sample(&[("identity", &c.identity)], c.expires_at);
+        }
         Family::new(
             &mut out,
             "zgate_events_dropped_total",

@@ -17,6 +17,16 @@ pub struct Status {
     pub policies: Vec<PolicyStatus>,
     pub maps: Vec<MapUsage>,
     pub verdicts: Vec<VerdictCount>,
+    /// Workload certificates this node holds (never their keys).
+    pub certificates: Vec<CertificateStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub identity: String,
+    /// Unix time the current certificate expires.
+    pub expires_at: u64,
+    pub expires_in_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +114,10 @@ impl fmt::Display for Status {
                 "  {:<20} {:>8} / {:<8} {pct:>5.1}%",
                 m.map, m.entries, m.capacity
             )?;
+        }
+        writeln!(f, "\nCERTIFICATES ({})", self.certificates.len())?;
+        for c in &self.certificates {
+            writeln!(f, "  {:<60} expires in {}s", c.identity, c.expires_in_secs)?;
         }
         writeln!(f, "\nVERDICTS")?;
         for v in &self.verdicts {
