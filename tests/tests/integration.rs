@@ -610,3 +610,39 @@ spec:
     assert!(check.contains("kernel (generation"), "{check}");
     assert!(check.contains("DENY (explicitly denied)"), "{check}");
 }
+
+/// The config directory removed: the last good policy stays enforced and
+/// the error is logged; the directory back (with new content): it applies.
+#[test]
+fn config_dir_removed_keeps_the_last_policy_and_recovers() {
+    let node = Node::start("config_dir_removed", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+
+    std::fs::remove_dir_all(&node.config_dir).expect("removing the config directory");
+    node.wait_log("config not applied", 0);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+
+    let applied = node.log().matches("policy applied").count();
+    std::fs::create_dir(&node.config_dir).expect("creating the config directory");
+    node.write_config("other.yaml", &DEMO.replace("sa/sleep", "sa/other"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.connect_as("ambient-demo", "other", ADDR) != Outcome::Connected {
+        assert!(std::time::Instant::now() < deadline, "{}", node.log());
+    }
+    assert!(node.log().matches("policy applied").count() > applied);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::NotPermitted
+    );
+}

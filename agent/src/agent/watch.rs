@@ -32,6 +32,14 @@ pub(super) fn spawn(dir: &Path, tx: mpsc::Sender<Command>) -> Result<Watcher, Er
     };
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(err)?;
     add_watches(&inotify, dir).map_err(err)?;
+    // The parent too, for the directory itself being removed and created
+    // again: until it is back the last good policy stays enforced.
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent_wd = parent
+        .map(|p| inotify.add_watch(p, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO))
+        .transpose()
+        .map_err(err)?;
+    let name = dir.file_name().map(ToOwned::to_owned);
     let fd = crate::sys::async_fd(crate::sys::InotifyFd(inotify)).map_err(|source| Error::Io {
         op: "watching",
         path: dir.to_owned(),
@@ -48,7 +56,10 @@ pub(super) fn spawn(dir: &Path, tx: mpsc::Sender<Command>) -> Result<Watcher, Er
                 if events.is_empty() {
                     break;
                 }
-                changed = true;
+                // In the parent, only the config directory's own name counts.
+                changed |= events
+                    .iter()
+                    .any(|e| Some(e.wd) != parent_wd || e.name == name);
             }
             guard.clear_ready();
             if changed {
