@@ -622,7 +622,10 @@ fn config_dir_removed_keeps_the_last_policy_and_recovers() {
         Outcome::NotPermitted
     );
 
-    std::fs::remove_dir_all(&node.config_dir).expect("removing the config directory");
+    // Removed in one step, as a config management tool swaps directories
+    // (an `rm -r` passes through the partly deleted content on its way).
+    let gone = node.dir.join("config.gone");
+    std::fs::rename(&node.config_dir, &gone).expect("removing the config directory");
     node.wait_log("config not applied", 0);
     assert_eq!(
         node.connect_as("ambient-demo", "other", ADDR),

@@ -22,7 +22,14 @@ const MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
     .union(AddWatchFlags::IN_MOVED_FROM)
     .union(AddWatchFlags::IN_CREATE)
     .union(AddWatchFlags::IN_DELETE)
-    .union(AddWatchFlags::IN_DELETE_SELF);
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF);
+
+/// In the parent: the config directory appearing or going away.
+const PARENT_MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_DELETE);
 
 pub(super) fn spawn(dir: &Path, tx: mpsc::Sender<Command>) -> Result<Watcher, Error> {
     let err = |source: nix::Error| Error::Io {
@@ -36,7 +43,7 @@ pub(super) fn spawn(dir: &Path, tx: mpsc::Sender<Command>) -> Result<Watcher, Er
     // again: until it is back the last good policy stays enforced.
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     let parent_wd = parent
-        .map(|p| inotify.add_watch(p, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO))
+        .map(|p| inotify.add_watch(p, PARENT_MASK))
         .transpose()
         .map_err(err)?;
     let name = dir.file_name().map(ToOwned::to_owned);
