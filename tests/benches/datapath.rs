@@ -47,28 +47,41 @@ fn main() {
 }
 
 fn setup_rate() {
-    println!("connection setup rate over loopback: connect+accept+close, median of {RUNS} runs of {ROUNDS}");
-    let baseline = {
-        let node = Node::bare("bench-baseline");
-        let _server = serve(&node);
-        rate(|| {
-            let mut c = node.command(probe_bin());
-            c.args(["bench", ADDR, ROUNDS]);
-            c
-        })
-    };
-    println!("{:>26} {:>12} {:>8}", "", "conn/s", "ratio");
-    println!("{:>26} {baseline:>12.0} {:>8.3}", "no zgate", 1.0);
+    println!(
+        "connection setup rate over loopback: connect+accept+close, median of {RUNS} runs of {ROUNDS}, the configurations interleaved"
+    );
+    let baseline = Node::bare("bench-baseline");
+    let _plain = serve(&baseline);
+    let mut nodes = Vec::new();
     for rules in [1usize, 1_000, 10_000] {
         let node = Node::start("bench-rules", &[("policy.yaml", &config(rules))]);
-        let _server = node.server("bench", "server", &["app=server"], ADDR);
-        let r = rate(|| {
+        let server = node.server("bench", "server", &["app=server"], ADDR);
+        nodes.push((rules, node, server));
+    }
+    // Round-robin, so load that drifts during the run hits every
+    // configuration alike.
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nodes.len() + 1];
+    for _ in 0..RUNS {
+        let mut c = baseline.command(probe_bin());
+        c.args(["bench", ADDR, ROUNDS]);
+        samples[0].push(rate_once(c));
+        for (i, (_, node, _)) in nodes.iter().enumerate() {
             let mut c = node.workload("bench", "client", &[]);
             c.arg(probe_bin()).args(["bench", ADDR, ROUNDS]);
-            c
-        });
+            samples[i + 1].push(rate_once(c));
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&mut samples[0]);
+    println!("{:>26} {:>12} {:>8}", "", "conn/s", "ratio");
+    println!("{:>26} {base:>12.0} {:>8.3}", "no zgate", 1.0);
+    for (i, (rules, _, _)) in nodes.iter().enumerate() {
+        let r = median(&mut samples[i + 1]);
         let label = format!("zgate, {rules} rules");
-        println!("{label:>26} {r:>12.0} {:>8.3}", r / baseline);
+        println!("{label:>26} {r:>12.0} {:>8.3}", r / base);
     }
 }
 
@@ -259,20 +272,15 @@ fn serve(node: &Node) -> harness::Server {
     harness::Server(child)
 }
 
-fn rate(mut command: impl FnMut() -> Command) -> f64 {
-    let mut rates: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let out = command()
-                .output()
-                .unwrap_or_else(|e| panic!("running the probe: {e}"));
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.strip_prefix("rate ")
-                .and_then(|r| r.trim().parse().ok())
-                .unwrap_or_else(|| panic!("the probe failed: {text}"))
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[RUNS / 2]
+/// One run of the probe's `bench` mode: connections per second.
+fn rate_once(mut command: Command) -> f64 {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running the probe: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.strip_prefix("rate ")
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the probe failed: {text}"))
 }
 
 fn now_ns() -> u128 {

@@ -1,25 +1,61 @@
-//! `cargo xtask bench`: every benchmark, optimised, printing its figures.
+//! `cargo xtask bench`: every benchmark, optimised, printing its figures;
+//! with `--report DIR`, also a Markdown report with SVG plots.
 
-use crate::build::{binary_path, build, cmd, require_root, Options};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-pub fn run() -> anyhow::Result<()> {
+use anyhow::{bail, Context as _};
+
+use crate::build::{binary_path, build, cmd, require_root, workspace_root, Options};
+
+mod report;
+
+#[derive(clap::Args)]
+pub struct BenchOptions {
+    /// Also write `DIR/report.md` and its SVG plots.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+pub fn run(opts: &BenchOptions) -> anyhow::Result<()> {
     build(&Options { release: true })?;
-    cmd("cargo", |c| {
-        c.args(["bench", "--locked", "-p", "zgate", "--bench", "compile"])
-    })?;
+    let compile = capture(&["-p", "zgate", "--bench", "compile"], None)?;
     require_root("run the datapath benchmarks (they load BPF programs into the kernel)")?;
     let agent = binary_path(true)?;
-    cmd("cargo", |c| {
-        c.args([
-            "bench",
-            "--locked",
-            "-p",
-            "zgate-tests",
-            "--bench",
-            "datapath",
-        ])
-        .env("ZGATE_BIN", &agent)
-    })
+    let datapath = capture(&["-p", "zgate-tests", "--bench", "datapath"], Some(&agent))?;
+    if let Some(dir) = &opts.report {
+        report::write(dir, &compile, &datapath)?;
+    }
+    Ok(())
+}
+
+/// Run one `cargo bench` target, echoing and returning its stdout.
+fn capture(args: &[&str], agent: Option<&Path>) -> anyhow::Result<String> {
+    let mut c = Command::new("cargo");
+    c.current_dir(workspace_root()?)
+        .args(["bench", "--locked"])
+        .args(args)
+        .stdout(Stdio::piped());
+    if let Some(agent) = agent {
+        c.env("ZGATE_BIN", agent);
+    }
+    let mut child = c.spawn().context("running cargo bench")?;
+    let stdout = child.stdout.take().context("cargo bench's stdout")?;
+    let mut out = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo bench {} failed ({status})", args.join(" "));
+    }
+    Ok(out)
 }
 
 /// `cargo xtask soak --duration 10m`: the churn soak (as root).

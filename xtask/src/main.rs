@@ -8,6 +8,8 @@
 //! - `integration-test [--vm] [--kernel NAME]...`: the privileged integration
 //!   tests alone, on the host or in a qemu VM per kernel.
 //! - `bench`: every benchmark, optimised.
+//! - `fuzz [--seconds N] [TARGET]...`: the cargo-fuzz targets, each for a
+//!   bounded time.
 
 use std::process::ExitCode;
 
@@ -15,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -42,8 +45,11 @@ enum Command {
     /// each `--kernel` (default: Debian 12's 6.1).
     IntegrationTest(vm::Options),
     /// Benchmarks: policy compilation scaling, connection setup rate with
-    /// and without zgate, policy update latency (as root).
-    Bench,
+    /// and without zgate, policy update latency, the HBONE tunnel (as root).
+    Bench(bench::BenchOptions),
+    /// Fuzz the parsers and the policy compiler (agent/fuzz), each target
+    /// for `--seconds` (default 30); non-zero exit on a crash.
+    Fuzz(fuzz::Options),
     /// The churn soak: connections checked against the reference evaluator
     /// while policies flip (as root).
     Soak(bench::SoakOptions),
@@ -57,7 +63,8 @@ fn main() -> ExitCode {
         Command::Run(opts) => build::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::IntegrationTest(opts) => vm::run(&opts),
-        Command::Bench => bench::run().map(|_| ExitCode::SUCCESS),
+        Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Bench(opts) => bench::run(&opts).map(|_| ExitCode::SUCCESS),
         Command::Soak(opts) => bench::soak(&opts).map(|_| ExitCode::SUCCESS),
     };
     match result {
