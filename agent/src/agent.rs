@@ -164,6 +164,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // Pins removed by hand are put back, so enforcement keeps outliving us.
+    let mut pin_check = tokio::time::interval(std::time::Duration::from_secs(2));
     let exit = loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -173,6 +175,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
             _ = interrupt.recv() => break Exit::Detach,
             _ = terminate.recv() => break Exit::KeepEnforcing,
             _ = hangup.recv() => state.handle(Command::Reload),
+            _ = pin_check.tick() => state.check_pins(),
         }
     };
     drop(admin);

@@ -130,7 +130,7 @@ pub struct Datapath {
     pub attached: Vec<(&'static str, bool)>,
     pub maps: Maps,
     events: Option<RingBuf<MapData>>,
-    _links: Vec<PinnedLink>,
+    links: Vec<(&'static str, PinnedLink)>,
     _ebpf: Ebpf,
 }
 
@@ -204,6 +204,21 @@ impl Datapath {
         loader.map_max_entries(conn::MAP, sizes.connections);
         loader.map_max_entries(listener::MAP, sizes.listeners);
         loader.map_max_entries(listener::COOKIE_MAP, sizes.listeners);
+        // Links pinned without the maps they were loaded with (someone
+        // removed map pins): adopting them would leave old programs reading
+        // old maps while the agent writes new ones. Detach them; attach anew.
+        let maps_pinned = [config::MAP, workload::MAP, policy::POLICY_SET_MAP]
+            .iter()
+            .all(|m| paths.maps().join(m).exists());
+        if !maps_pinned {
+            for (name, _) in PROGRAMS {
+                let pin = paths.link(name);
+                if pin.exists() {
+                    tracing::warn!(program = name, "its maps are no longer pinned: detaching it to attach it again with fresh maps");
+                    unpin_link(name, &pin)?;
+                }
+            }
+        }
         let mut ebpf = loader.load(OBJECT)?;
         let cgroup_file = open(cgroup)?;
         let netns_file = open(netns)?;
@@ -217,7 +232,7 @@ impl Datapath {
                     path: pin.clone(),
                     source: Box::new(e),
                 })?;
-                links.push(link);
+                links.push((name, link));
                 attached.push((name, false));
                 continue;
             }
@@ -227,7 +242,7 @@ impl Datapath {
                 path: pin.clone(),
                 source: Box::new(e),
             })?;
-            links.push(pinned);
+            links.push((name, pinned));
             attached.push((name, true));
         }
         let maps = Maps::take(&mut ebpf)?;
@@ -237,7 +252,7 @@ impl Datapath {
             attached,
             maps,
             events,
-            _links: links,
+            links,
             _ebpf: ebpf,
         })
     }
@@ -300,6 +315,34 @@ fn sum_verdicts(map: &PerCpuHashMap<MapData, VerdictKey, u64>) -> Vec<(VerdictKe
 }
 
 impl Datapath {
+    /// Pin again any link whose pin was removed by hand: the program stays
+    /// attached while the agent holds it, but without its pin it would not
+    /// outlive the agent (fail-static). Returns the programs re-pinned.
+    pub fn repin_links(&mut self) -> Result<Vec<&'static str>, Error> {
+        let mut repinned = Vec::new();
+        for (name, link) in std::mem::take(&mut self.links) {
+            let pin = self.paths.link(name);
+            if pin.exists() {
+                self.links.push((name, link));
+                continue;
+            }
+            fs::create_dir_all(self.paths.links()).map_err(|source| Error::Io {
+                op: "creating",
+                path: self.paths.links(),
+                source,
+            })?;
+            let fd: FdLink = link.into();
+            let pinned = fd.pin(&pin).map_err(|e| Error::Pin {
+                name,
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            self.links.push((name, pinned));
+            repinned.push(name);
+        }
+        Ok(repinned)
+    }
+
     /// The verdict-event ring buffer, for the one task that reads it.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
@@ -314,17 +357,7 @@ pub fn uninstall(paths: &Paths) -> Result<(), Error> {
         if !pin.exists() {
             continue;
         }
-        let link = PinnedLink::from_pin(&pin).map_err(|e| Error::Pin {
-            name,
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        // Unpinning drops the last reference to the link: it detaches.
-        drop(link.unpin().map_err(|source| Error::Io {
-            op: "unpinning",
-            path: pin,
-            source,
-        })?);
+        unpin_link(name, &pin)?;
     }
     let maps = paths.maps();
     if let Ok(entries) = fs::read_dir(&maps) {
@@ -354,6 +387,21 @@ pub fn uninstall(paths: &Paths) -> Result<(), Error> {
             }
         }
     }
+    Ok(())
+}
+
+/// Remove a link's pin; with no other reference the link detaches.
+fn unpin_link(name: &'static str, pin: &Path) -> Result<(), Error> {
+    let link = PinnedLink::from_pin(pin).map_err(|e| Error::Pin {
+        name,
+        path: pin.to_owned(),
+        source: Box::new(e),
+    })?;
+    drop(link.unpin().map_err(|source| Error::Io {
+        op: "unpinning",
+        path: pin.to_owned(),
+        source,
+    })?);
     Ok(())
 }
 

@@ -649,3 +649,49 @@ fn config_dir_removed_keeps_the_last_policy_and_recovers() {
         Outcome::NotPermitted
     );
 }
+
+/// bpffs pins removed by hand: link pins come back at once (enforcement
+/// must keep outliving the agent); with the map pins gone too, a restarted
+/// agent detaches the orphaned programs and attaches them with fresh maps.
+#[test]
+fn pins_removed_by_hand_are_restored() {
+    let mut node = Node::start("pins_removed", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let root = node
+        .bpffs_dir()
+        .join(format!("v{}", zgate_common::ABI_VERSION));
+    std::fs::remove_dir_all(root.join("links")).expect("removing the link pins");
+    node.wait_log("its bpffs pin was removed", 6);
+    assert_eq!(
+        std::fs::read_dir(root.join("links"))
+            .expect("links")
+            .count(),
+        7
+    );
+    node.stop_agent(Signal::SIGKILL);
+    assert_eq!(
+        node.connect_plaintext(ADDR),
+        Outcome::Refused,
+        "still enforced"
+    );
+
+    std::fs::remove_dir_all(root.join("maps")).expect("removing the map pins");
+    let before = node.log().len();
+    node.spawn_agent();
+    let restarted = node.log()[before..].to_owned();
+    assert!(
+        restarted.contains("maps are no longer pinned"),
+        "{restarted}"
+    );
+    assert_eq!(
+        restarted.matches("attached program").count(),
+        7,
+        "{restarted}"
+    );
+    let _web = node.server("ambient-demo", "httpbin", &HTTPBIN, "127.0.0.1:8001");
+    assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Refused);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", "127.0.0.1:8001"),
+        Outcome::Connected
+    );
+}

@@ -374,6 +374,23 @@ impl State {
         Ok(())
     }
 
+    /// Re-pin links whose pins were removed by hand, loudly.
+    pub fn check_pins(&mut self) {
+        match self.datapath.repin_links() {
+            Ok(repinned) => {
+                for name in repinned {
+                    tracing::error!(
+                        program = name,
+                        "its bpffs pin was removed: pinned it again, so enforcement still outlives the agent"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(
+                "a bpffs pin was removed and could not be restored; enforcement stops if the agent stops: {e}"
+            ),
+        }
+    }
+
     /// Everything `zgate status` shows.
     pub fn status(&self) -> status::Status {
         let maps = &self.datapath.maps;
