@@ -213,6 +213,19 @@ impl Node {
         c
     }
 
+    /// `zgate agent` for this node, not started.
+    pub fn agent_command(&self) -> Command {
+        let mut c = self.command(zgate_bin());
+        c.arg("agent")
+            .arg("--config")
+            .arg(&self.config_dir)
+            .args(self.node_args())
+            .args(&self.agent_args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        c
+    }
+
     pub fn spawn_agent(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -222,14 +235,7 @@ impl Node {
         let _ = fs::remove_file(self.admin_socket());
         let ready = self.log().matches("zgate agent ready").count();
         let child = self
-            .command(zgate_bin())
-            .arg("agent")
-            .arg("--config")
-            .arg(&self.config_dir)
-            .args(self.node_args())
-            .args(&self.agent_args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .agent_command()
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

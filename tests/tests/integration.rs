@@ -2,6 +2,7 @@
 //! the running kernel; workloads are real processes in real cgroups, talking
 //! over real sockets. Run by `cargo xtask test` (as root).
 
+mod faults;
 mod harness;
 mod multinode;
 mod node_security;

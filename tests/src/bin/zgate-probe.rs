@@ -9,6 +9,8 @@
 //!   or `held` if it survived.
 //! - `zgate-probe tally ADDR N`: N connections, whatever their outcome;
 //!   prints `tally connected=… refused=… not-permitted=… other=…`.
+//! - `zgate-probe on ADDR FILE`: print `waiting`, wait for FILE to exist,
+//!   then connect once as `connect` does.
 //! - `zgate-probe get ADDR PATH`: an HTTP/1.1 GET; prints the response.
 //! - `zgate-probe bench ADDR N`: N connect+accept+close rounds; prints
 //!   `rate <connections per second>`.
@@ -43,6 +45,16 @@ fn main() -> ExitCode {
             addr,
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100),
         ),
+        (Some("on"), Some(addr)) => {
+            // Wait for the trigger file, then connect once.
+            let trigger = args.get(3).map_or("/nonexistent", String::as_str);
+            println!("waiting");
+            let _ = std::io::stdout().flush();
+            while !std::path::Path::new(trigger).exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            connect(addr, None)
+        }
         (Some("get"), Some(addr)) => get(addr, args.get(3).map_or("/", String::as_str)),
         (Some("bench"), Some(addr)) => bench(
             addr,
