@@ -142,6 +142,7 @@ pub struct Maps {
     pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
+    pub listener_cookies: HashMap<MapData, u64, ListenerKey>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
     pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
@@ -479,6 +480,7 @@ impl Maps {
             events_dropped: take(ebpf, event::DROPPED_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
+            listener_cookies: take(ebpf, listener::COOKIE_MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,
             policy: PolicyMaps {

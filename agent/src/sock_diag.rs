@@ -23,6 +23,9 @@ const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const IPPROTO_TCP: u8 = 6;
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+/// `INET_DIAG_CGROUP_ID` (kernel 5.7+), an attribute after `inet_diag_msg`.
+const INET_DIAG_CGROUP_ID: u16 = 21;
 const NLMSG_HDR: usize = 16;
 const REQ_LEN: usize = 56;
 const MSG_LEN: usize = 72;
@@ -42,10 +45,28 @@ pub struct Socket {
     pub remote: SocketAddr,
     pub interface: u32,
     cookie: [u32; 2],
+    /// The socket's cgroup (kernel 5.7+).
+    pub cgroup: Option<u64>,
+}
+
+impl Socket {
+    /// The socket cookie, as `bpf_get_socket_cookie` gives it.
+    pub fn cookie(&self) -> u64 {
+        u64::from(self.cookie[0]) | (u64::from(self.cookie[1]) << 32)
+    }
 }
 
 /// Every ESTABLISHED TCP socket of this network namespace.
 pub fn established() -> Result<Vec<Socket>, Error> {
+    dump(1 << TCP_ESTABLISHED)
+}
+
+/// Every listening TCP socket of this network namespace.
+pub fn listening() -> Result<Vec<Socket>, Error> {
+    dump(1 << TCP_LISTEN)
+}
+
+fn dump(states: u32) -> Result<Vec<Socket>, Error> {
     let fd = open()?;
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -53,7 +74,7 @@ pub fn established() -> Result<Vec<Socket>, Error> {
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
             family,
-            None,
+            Target::States(states),
         );
         send(&fd, &req, "dump")?;
         receive(&fd, "dump", |payload| {
@@ -73,7 +94,12 @@ pub fn destroy(sock: &Socket) -> Result<(), Error> {
     } else {
         libc::AF_INET6
     } as u8;
-    let req = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, Some(sock));
+    let req = request(
+        SOCK_DESTROY,
+        NLM_F_REQUEST | NLM_F_ACK,
+        family,
+        Target::One(sock),
+    );
     send(&fd, &req, "destroy")?;
     receive(&fd, "destroy", |_| {})
 }
@@ -146,8 +172,14 @@ fn receive(fd: &OwnedFd, op: &'static str, mut each: impl FnMut(&[u8])) -> Resul
     }
 }
 
+/// What a request is about: sockets in some states, or one socket.
+enum Target<'a> {
+    States(u32),
+    One(&'a Socket),
+}
+
 /// `nlmsghdr` + `inet_diag_req_v2`.
-fn request(kind: u16, flags: u16, family: u8, sock: Option<&Socket>) -> Vec<u8> {
+fn request(kind: u16, flags: u16, family: u8, target: Target<'_>) -> Vec<u8> {
     let mut b = Vec::with_capacity(NLMSG_HDR + REQ_LEN);
     b.extend(((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
     b.extend(kind.to_ne_bytes());
@@ -155,10 +187,9 @@ fn request(kind: u16, flags: u16, family: u8, sock: Option<&Socket>) -> Vec<u8> 
     b.extend(1u32.to_ne_bytes()); // seq
     b.extend(0u32.to_ne_bytes()); // pid
     b.extend([family, IPPROTO_TCP, 0, 0]);
-    let states = if sock.is_some() {
-        u32::MAX
-    } else {
-        1 << TCP_ESTABLISHED
+    let (states, sock) = match target {
+        Target::States(states) => (states, None),
+        Target::One(sock) => (u32::MAX, Some(sock)),
     };
     b.extend(states.to_ne_bytes());
     match sock {
@@ -197,7 +228,24 @@ fn parse(p: &[u8]) -> Option<Socket> {
         remote: SocketAddr::new(addr(24), dport),
         interface: u32_at(p, 40),
         cookie: [u32_at(p, 44), u32_at(p, 48)],
+        cgroup: cgroup_attr(&p[MSG_LEN..]),
     })
+}
+
+/// The `INET_DIAG_CGROUP_ID` attribute among the `rtattr`s after the message.
+fn cgroup_attr(mut attrs: &[u8]) -> Option<u64> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == INET_DIAG_CGROUP_ID && len >= 12 {
+            return attrs[4..12].try_into().ok().map(u64::from_ne_bytes);
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    None
 }
 
 fn addr_bytes(ip: IpAddr) -> [u8; 16] {

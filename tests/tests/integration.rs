@@ -689,6 +689,12 @@ fn pins_removed_by_hand_are_restored() {
         7,
         "{restarted}"
     );
+    // The listener bound before the maps were lost is enforced again.
+    assert!(
+        restarted.contains("re-learned a listening socket"),
+        "{restarted}"
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
     let _web = node.server("ambient-demo", "httpbin", &HTTPBIN, "127.0.0.1:8001");
     assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Refused);
     assert_eq!(

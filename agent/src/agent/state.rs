@@ -136,6 +136,7 @@ impl State {
                 })?;
             tracing::info!(workload = wl.id, identity = %wl.identity, "adopted workload");
         }
+        restore_listeners(&mut datapath.maps, &registry);
         Ok(Self {
             started: Instant::now(),
             log_limit: LogLimit::default(),
@@ -884,4 +885,46 @@ fn listener(map: &HashMap<MapData, ListenerKey, u32>, addr: &Addr, port: u16) ->
         };
         map.get(&key, 0).ok()
     })
+}
+
+/// Re-learn the listening sockets of adopted workloads from the kernel's
+/// socket table (their cgroup says whose they are): after the listener map
+/// was lost (its pin removed), binds made before it would otherwise go
+/// unenforced until the workload binds again.
+fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
+    let by_cgroup: BTreeMap<u64, u32> = registry.workloads().map(|w| (w.cgroup_id, w.id)).collect();
+    if by_cgroup.is_empty() {
+        return;
+    }
+    let sockets = match sock_diag::listening() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot list listening sockets to re-learn workloads' ports: {e}");
+            return;
+        }
+    };
+    for sock in sockets {
+        let Some(&workload) = sock.cgroup.and_then(|c| by_cgroup.get(&c)) else {
+            continue;
+        };
+        let key = ListenerKey {
+            addr: Addr::from(sock.local.ip()),
+            port: sock.local.port(),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        if maps.listeners.get(&key, 0).is_ok() {
+            continue;
+        }
+        let restored = maps
+            .listeners
+            .insert(key, workload, 0)
+            .and_then(|()| maps.listener_cookies.insert(sock.cookie(), key, 0));
+        match restored {
+            Ok(()) => tracing::info!(workload, addr = %sock.local, "re-learned a listening socket"),
+            Err(e) => {
+                tracing::error!(workload, addr = %sock.local, "cannot re-learn a listening socket: {e}")
+            }
+        }
+    }
 }
