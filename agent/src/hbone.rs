@@ -71,6 +71,29 @@ fn meaning(status: StatusCode) -> &'static str {
     }
 }
 
+/// The server's pure request parsers, public only for the fuzz targets
+/// (`agent/fuzz`, `hbone_request`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    use http::request::Parts;
+
+    use super::{server, Request};
+    use crate::identity::SpiffeId;
+
+    /// A CONNECT request head as the server reads it; `Err` is the reason
+    /// for its 400.
+    pub fn parse_request(parts: &Parts, peer: SpiffeId) -> Result<Request, &'static str> {
+        server::parse(parts, peer)
+    }
+
+    /// The `for=` address of a `Forwarded` header value.
+    pub fn forwarded_for(header: &str) -> Option<SocketAddr> {
+        server::forwarded_for(header)
+    }
+}
+
 /// The HBONE server port.
 pub const PORT: u16 = 15008;
 /// Per-stream HTTP/2 flow-control window (ztunnel's 4 MiB).

@@ -109,6 +109,22 @@ mod tests {
         }
     }
 
+    /// Found by the `compile_differential` fuzz target: the compiled maps
+    /// give an identity no policy names the bits of one whose namespace is
+    /// non-empty (`namespaces: ["*"]` holds), so no identity with an empty
+    /// field may ever reach them.
+    #[test]
+    fn empty_fields_never_parse() {
+        for bad in [
+            "spiffe://cluster.local/ns//sa/bar",
+            "spiffe://cluster.local/ns/foo/sa/",
+            "spiffe:///ns//sa/",
+        ] {
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
+        }
+        assert!(SpiffeId::new("td", "", "sa").check_round_trip().is_err());
+    }
+
     #[test]
     fn round_trip_check_refuses_fields_that_change_the_uri() {
         assert_eq!(SpiffeId::new("td", "ns", "sa").check_round_trip(), Ok(()));

@@ -36,7 +36,9 @@ impl PolicyPlan {
         };
         // No policy names this identity: every exact/prefix/suffix predicate
         // with a non-empty pattern is false for it, as for any identity the
-        // candidate index below does not return.
+        // candidate index below does not return. Its fields are non-empty,
+        // as every real identity's are (`SpiffeId::from_str` and enrolment
+        // refuse empty ones), so `Presence` holds for both.
         let generic = SpiffeId::new("\0", "\0", "\0");
         plan.generic_identity_bits = plan.identity_bits(Some(&generic));
         let named: Vec<u16> = plan.ports().collect();

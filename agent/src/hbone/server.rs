@@ -162,7 +162,7 @@ async fn carry<H, F, S>(
 }
 
 /// `Err` carries why the request gets a 400.
-fn parse(parts: &Parts, peer: SpiffeId) -> Result<Request, &'static str> {
+pub(super) fn parse(parts: &Parts, peer: SpiffeId) -> Result<Request, &'static str> {
     if parts.method != Method::CONNECT {
         return Err("the method is not CONNECT");
     }
@@ -187,7 +187,7 @@ fn parse(parts: &Parts, peer: SpiffeId) -> Result<Request, &'static str> {
 
 /// The `for=` of the first element of a `Forwarded` header (RFC 7239 §4),
 /// when it is an `ip:port` (quoted, as IPv6 and ports require).
-fn forwarded_for(header: &str) -> Option<SocketAddr> {
+pub(super) fn forwarded_for(header: &str) -> Option<SocketAddr> {
     let first = header.split(',').next()?;
     first.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
