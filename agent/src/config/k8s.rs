@@ -500,7 +500,7 @@ fn is_dns1123_label(s: &str) -> bool {
 
 /// RFC 1123 subdomain: what Kubernetes accepts as an object name. Notably
 /// no `_`, which is why istiod's synthetic names cannot clash.
-fn is_dns1123_subdomain(s: &str) -> bool {
+pub(super) fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 

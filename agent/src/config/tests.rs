@@ -200,6 +200,10 @@ fn other_bad_values_are_errors() {
             "spec.portLevelMtls.http: \"http\" is not a port number",
         ),
         (
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {serviceAccount: a/b}\n".to_owned(),
+            "spec.serviceAccount: \"a/b\" is not a valid Kubernetes name",
+        ),
+        (
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, creationTimestamp: yesterday}\n".to_owned(),
             "metadata.creationTimestamp: \"yesterday\" is not an RFC 3339 timestamp",
         ),

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use super::{
-    k8s::{self, FieldError, Node},
+    k8s::{self, is_dns1123_subdomain, FieldError, Node},
     Invalid,
 };
 use crate::{identity::SpiffeId, policy::PolicyKey};
@@ -70,8 +70,18 @@ pub(super) fn parse(object: &Node<'_>) -> Result<WorkloadEntry, FieldError> {
         .map(|n| n.string_map())
         .transpose()?
         .unwrap_or_default();
+    // It becomes part of a SPIFFE identity: a Kubernetes name, as enrolment
+    // and the CA require.
     let service_account = match field("serviceAccount")? {
-        Some(n) if !n.str()?.is_empty() => n.str()?.to_owned(),
+        Some(n) if !n.str()?.is_empty() => {
+            let sa = n.str()?;
+            if !is_dns1123_subdomain(sa) {
+                return Err(n.error(Invalid::NotAName {
+                    value: sa.to_owned(),
+                }));
+            }
+            sa.to_owned()
+        }
         _ => "default".to_owned(),
     };
     Ok(WorkloadEntry {
