@@ -76,6 +76,16 @@ fn an_unprivileged_user_cannot_enrol_or_read_state() {
     ]);
     assert!(!out.status.success(), "nobody read a pinned map");
 
+    // The node CA's private key is unreadable to others, and no key ever
+    // shows in the log or the status.
+    let key = node.dir.join("ca").join(zgate::ca::ROOT_KEY_FILE);
+    let out = as_nobody(&["cat".as_ref(), key.as_os_str()]);
+    assert!(!out.status.success(), "nobody read the CA key");
+    let status = node.zgate(&["status", "--json"]);
+    for text in [node.log(), status] {
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+
     // Enforcement is unaffected.
     assert_eq!(node.connect_plaintext("127.0.0.1:8000"), Outcome::Refused);
 }
