@@ -83,6 +83,34 @@ fn setup_rate() {
         let label = format!("zgate, {rules} rules");
         println!("{label:>26} {r:>12.0} {:>8.3}", r / base);
     }
+    // What each agent holds and has spent after its runs.
+    for (rules, node, _) in &nodes {
+        let (rss_kib, cpu_secs) = node.agent_pid().map_or((0, 0.0), agent_usage);
+        println!("agent with {rules} rules: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s");
+    }
+}
+
+/// An agent's resident memory (KiB) and CPU time so far (s).
+fn agent_usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime: fields 14 and 15, after the parenthesised name.
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|t| t.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    (rss, ticks as f64 / 100.0)
 }
 
 /// HBONE (mTLS) between two nodes against plain TCP over the same veth.
