@@ -51,7 +51,7 @@ fn setup_rate() {
         "connection setup rate over loopback: connect+accept+close, median of {RUNS} runs of {ROUNDS}, the configurations interleaved"
     );
     let baseline = Node::bare("bench-baseline");
-    let _plain = serve(&baseline);
+    let _plain = serve(&baseline, ADDR);
     let mut nodes = Vec::new();
     for rules in [1usize, 1_000, 10_000] {
         let node = Node::start("bench-rules", &[("policy.yaml", &config(rules))]);
@@ -126,20 +126,7 @@ fn tunnel() {
         &[],
     );
     let _mesh_server = b.server("bench", "server", &["app=server"], "10.99.8.20:8000");
-    let _plain_server = {
-        let mut child = b
-            .command(probe_bin())
-            .args(["serve", "10.99.8.2:9000"])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting the server: {e}"));
-        if let Some(out) = child.stdout.take() {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
-        harness::Server(child)
-    };
+    let _plain_server = serve(&b, "10.99.8.2:9000");
     let plain = |mode: &str, arg: &str| {
         let mut c = a.command(probe_bin());
         c.args([mode, "10.99.8.2:9000", arg]);
@@ -285,10 +272,11 @@ fn config(rules: usize) -> String {
     y
 }
 
-fn serve(node: &Node) -> harness::Server {
+/// A plain (not enrolled) server on `addr`; returns once it listens.
+fn serve(node: &Node, addr: &str) -> harness::Server {
     let mut child = node
         .command(probe_bin())
-        .args(["serve", ADDR])
+        .args(["serve", addr])
         .process_group(0)
         .stdout(Stdio::piped())
         .spawn()
