@@ -197,14 +197,7 @@ pub async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let side = "accept";
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(io))
-        .await
-        .map_err(|_| Error::HandshakeTimeout {
-            side,
-            timeout: HANDSHAKE_TIMEOUT,
-        })?
-        .map_err(|source| handshake_error(side, source))?;
+    let stream = bounded_handshake("accept", TlsAcceptor::from(config).accept(io)).await?;
     let (_, conn) = stream.get_ref();
     check_alpn(conn.alpn_protocol())?;
     let peer = conn
@@ -212,6 +205,20 @@ where
         .and_then(peer_identity)
         .ok_or(Error::BugNoPeerIdentity)?;
     Ok((stream, peer))
+}
+
+/// A handshake bounded by `HANDSHAKE_TIMEOUT`, its failure named by `side`.
+async fn bounded_handshake<S>(
+    side: &'static str,
+    shake: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, Error> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, shake)
+        .await
+        .map_err(|_| Error::HandshakeTimeout {
+            side,
+            timeout: HANDSHAKE_TIMEOUT,
+        })?
+        .map_err(|source| handshake_error(side, source))
 }
 
 /// Runs the client handshake on `io`, a connection to `dst`'s HBONE port.
@@ -225,18 +232,8 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let side = "connect";
     let name = ServerName::IpAddress(dst.into());
-    let stream = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        TlsConnector::from(config).connect(name, io),
-    )
-    .await
-    .map_err(|_| Error::HandshakeTimeout {
-        side,
-        timeout: HANDSHAKE_TIMEOUT,
-    })?
-    .map_err(|source| handshake_error(side, source))?;
+    let stream = bounded_handshake("connect", TlsConnector::from(config).connect(name, io)).await?;
     check_alpn(stream.get_ref().1.alpn_protocol())?;
     Ok(stream)
 }
