@@ -28,6 +28,7 @@ use zgate_common::{
         TermKey, WorkloadPolicyKey,
     },
     redirect::{self, RemoteWorkload},
+    socket::{self, SocketRecord},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
 };
@@ -63,6 +64,11 @@ pub enum Error {
     #[error("program {name}: pinning its link at {}: {source}", path.display())]
     Pin {
         name: &'static str,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("removing the link pinned at {}: {source}", path.display())]
+    Unpin {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -117,6 +123,11 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
+    /// Records of connecting, accepted and bound sockets (`ZG_SOCKETS`).
+    pub fn sockets(&self) -> u32 {
+        socket::capacity(self.connections, self.listeners)
+    }
+
     /// `Config::conn_limit`: connection capacity less the agent's reserve.
     pub fn conn_limit(&self) -> u32 {
         self.connections.saturating_sub(conn::RESERVED)
@@ -142,7 +153,7 @@ pub struct Maps {
     pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
-    pub listener_cookies: HashMap<MapData, u64, ListenerKey>,
+    pub sockets: HashMap<MapData, u64, SocketRecord>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
     pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
@@ -169,6 +180,7 @@ impl Datapath {
         netns: &Path,
         sizes: MapSizes,
     ) -> Result<Self, Error> {
+        retire_other_versions(&paths)?;
         for dir in [paths.maps(), paths.links()] {
             fs::create_dir_all(&dir).map_err(|source| Error::Io {
                 op: "creating",
@@ -204,7 +216,7 @@ impl Datapath {
         }
         loader.map_max_entries(conn::MAP, sizes.connections);
         loader.map_max_entries(listener::MAP, sizes.listeners);
-        loader.map_max_entries(listener::COOKIE_MAP, sizes.listeners);
+        loader.map_max_entries(socket::MAP, sizes.sockets());
         // Links pinned without the maps they were loaded with (someone
         // removed map pins): adopting them would leave old programs reading
         // old maps while the agent writes new ones. Detach them; attach anew.
@@ -216,7 +228,7 @@ impl Datapath {
                 let pin = paths.link(name);
                 if pin.exists() {
                     tracing::warn!(program = name, "its maps are no longer pinned: detaching it to attach it again with fresh maps");
-                    unpin_link(name, &pin)?;
+                    unpin_link(&pin)?;
                 }
             }
         }
@@ -350,51 +362,83 @@ impl Datapath {
     }
 }
 
-/// Detach every pinned program and remove every pinned map under `paths`.
-/// Safe to call when nothing (or only part) is installed.
+/// Detach every program and remove every pin of this instance, whatever
+/// ABI version pinned it.
 pub fn uninstall(paths: &Paths) -> Result<(), Error> {
-    for (name, _) in PROGRAMS {
-        let pin = paths.link(name);
-        if !pin.exists() {
-            continue;
-        }
-        unpin_link(name, &pin)?;
+    for root in paths.all_versions() {
+        remove_pins(&root)?;
     }
-    let maps = paths.maps();
-    if let Ok(entries) = fs::read_dir(&maps) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            fs::remove_file(&path).map_err(|source| Error::Io {
-                op: "removing",
-                path,
-                source,
-            })?;
-        }
-    }
-    let instance = paths.root().parent().map(Path::to_owned);
-    for dir in [paths.maps(), paths.links(), paths.root().to_owned()]
-        .into_iter()
-        .chain(instance)
-    {
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    op: "removing",
-                    path: dir,
-                    source,
-                })
-            }
-        }
+    if let Some(instance) = paths.root().parent() {
+        remove_dir(instance)?;
     }
     Ok(())
 }
 
+/// Retire what an agent of another ABI version pinned for this instance
+/// (an upgrade, or a downgrade): its programs would go on enforcing the
+/// policy frozen in its maps next to ours. Their workloads are re-registered
+/// and their listeners re-learned from the kernel's socket table.
+fn retire_other_versions(paths: &Paths) -> Result<(), Error> {
+    for root in paths.all_versions() {
+        if root == paths.root() {
+            continue;
+        }
+        tracing::warn!(pins = %root.display(), "detaching the programs and removing the maps an agent of another version pinned");
+        remove_pins(&root)?;
+    }
+    Ok(())
+}
+
+/// Unpin (and so detach) every link under `root`, remove every map pin and
+/// the directories.
+fn remove_pins(root: &Path) -> Result<(), Error> {
+    let links = root.join("links");
+    let maps = root.join("maps");
+    for entry in read_dir(&links)? {
+        unpin_link(&entry)?;
+    }
+    for entry in read_dir(&maps)? {
+        fs::remove_file(&entry).map_err(|source| Error::Io {
+            op: "removing",
+            path: entry,
+            source,
+        })?;
+    }
+    for dir in [&maps, &links, root] {
+        remove_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The entries of a directory; none if it does not exist.
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.flatten().map(|e| e.path()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(Error::Io {
+            op: "listing",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Remove an empty directory; gone already is fine.
+fn remove_dir(dir: &Path) -> Result<(), Error> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            op: "removing",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Remove a link's pin; with no other reference the link detaches.
-fn unpin_link(name: &'static str, pin: &Path) -> Result<(), Error> {
-    let link = PinnedLink::from_pin(pin).map_err(|e| Error::Pin {
-        name,
+fn unpin_link(pin: &Path) -> Result<(), Error> {
+    let link = PinnedLink::from_pin(pin).map_err(|e| Error::Unpin {
         path: pin.to_owned(),
         source: Box::new(e),
     })?;
@@ -480,7 +524,7 @@ impl Maps {
             events_dropped: take(ebpf, event::DROPPED_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
-            listener_cookies: take(ebpf, listener::COOKIE_MAP)?,
+            sockets: take(ebpf, socket::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,
             policy: PolicyMaps {

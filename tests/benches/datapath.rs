@@ -23,10 +23,14 @@ use std::{
 };
 
 use harness::{probe_bin, Node};
+use nix::{
+    sched::{sched_getaffinity, sched_setaffinity, CpuSet},
+    unistd::Pid,
+};
 
 const ADDR: &str = "127.0.0.1:8000";
 const ROUNDS: &str = "3000";
-const RUNS: usize = 5;
+const RUNS: usize = 15;
 
 fn main() {
     // `cargo bench --bench datapath -- tunnel` runs one section.
@@ -48,45 +52,93 @@ fn main() {
 
 fn setup_rate() {
     println!(
-        "connection setup rate over loopback: connect+accept+close, median of {RUNS} runs of {ROUNDS}, the configurations interleaved"
+        "connection setup rate over loopback: connect+accept+close, median of {RUNS} rounds of {ROUNDS} connections, the configurations interleaved"
     );
     let baseline = Node::bare("bench-baseline");
-    let _plain = serve(&baseline, ADDR);
     let mut nodes = Vec::new();
     for rules in [1usize, 1_000, 10_000] {
         let node = Node::start("bench-rules", &[("policy.yaml", &config(rules))]);
-        let server = node.server("bench", "server", &["app=server"], ADDR);
-        nodes.push((rules, node, server));
+        nodes.push((rules, node));
     }
-    // Round-robin, so load that drifts during the run hits every
-    // configuration alike.
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nodes.len() + 1];
-    for _ in 0..RUNS {
-        let mut c = baseline.command(probe_bin());
-        c.args(["bench", ADDR, ROUNDS]);
-        samples[0].push(rate_once(c));
-        for (i, (_, node, _)) in nodes.iter().enumerate() {
-            let mut c = node.workload("bench", "client", &[]);
-            c.arg(probe_bin()).args(["bench", ADDR, ROUNDS]);
-            samples[i + 1].push(rate_once(c));
+    let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    // Client and server where the scheduler puts them; then both on one
+    // core, where every cycle zgate adds is on the connection's path.
+    for (placement, cpu, addr) in [
+        ("as the scheduler places them", None, ADDR),
+        (
+            "client and server on one core",
+            Some(last_cpu),
+            "127.0.0.1:8001",
+        ),
+    ] {
+        match cpu {
+            Some(cpu) => println!("placement: {placement} (CPU {cpu})"),
+            None => println!("placement: {placement}"),
+        }
+        // Servers and clients inherit this process's CPU set.
+        let _pinned = cpu.map(Pinned::to);
+        let _plain = serve(&baseline, addr);
+        let _servers: Vec<_> = nodes
+            .iter()
+            .map(|(_, node)| node.server("bench", "server", &["app=server"], addr))
+            .collect();
+        // Round-robin, so load that drifts during the run hits every
+        // configuration alike.
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nodes.len() + 1];
+        for _ in 0..RUNS {
+            let mut c = baseline.command(probe_bin());
+            c.args(["bench", addr, ROUNDS]);
+            samples[0].push(rate_once(c));
+            for (i, (_, node)) in nodes.iter().enumerate() {
+                let mut c = node.workload("bench", "client", &[]);
+                c.arg(probe_bin()).args(["bench", addr, ROUNDS]);
+                samples[i + 1].push(rate_once(c));
+            }
+        }
+        let base = median(&mut samples[0]);
+        println!(
+            "{:>26} {:>12} {:>8} {:>14}",
+            "", "conn/s", "ratio", "µs/conn added"
+        );
+        println!("{:>26} {base:>12.0} {:>8.3}", "no zgate", 1.0);
+        for (i, (rules, _)) in nodes.iter().enumerate() {
+            let r = median(&mut samples[i + 1]);
+            let label = format!("zgate, {rules} rules");
+            let added = (1.0 / r - 1.0 / base) * 1e6;
+            println!("{label:>26} {r:>12.0} {:>8.3} {added:>14.1}", r / base);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let base = median(&mut samples[0]);
-    println!("{:>26} {:>12} {:>8}", "", "conn/s", "ratio");
-    println!("{:>26} {base:>12.0} {:>8.3}", "no zgate", 1.0);
-    for (i, (rules, _, _)) in nodes.iter().enumerate() {
-        let r = median(&mut samples[i + 1]);
-        let label = format!("zgate, {rules} rules");
-        println!("{label:>26} {r:>12.0} {:>8.3}", r / base);
-    }
     // What each agent holds and has spent after its runs.
-    for (rules, node, _) in &nodes {
+    for (rules, node) in &nodes {
         let (rss_kib, cpu_secs) = node.agent_pid().map_or((0, 0.0), agent_usage);
         println!("agent with {rules} rules: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s");
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// This process restricted to one CPU until dropped; processes it starts
+/// meanwhile inherit the restriction.
+struct Pinned(CpuSet);
+
+impl Pinned {
+    fn to(cpu: usize) -> Self {
+        let all = sched_getaffinity(Pid::from_raw(0))
+            .unwrap_or_else(|e| panic!("reading the CPU set: {e}"));
+        let mut one = CpuSet::new();
+        one.set(cpu).unwrap_or_else(|e| panic!("CPU {cpu}: {e}"));
+        sched_setaffinity(Pid::from_raw(0), &one)
+            .unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
+        Self(all)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = sched_setaffinity(Pid::from_raw(0), &self.0);
     }
 }
 

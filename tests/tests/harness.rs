@@ -86,9 +86,15 @@ impl Held {
     /// survived its hold time; and how long after the call that was known.
     pub fn end(&mut self) -> (String, Duration) {
         let started = Instant::now();
+        let line = self.next_line();
+        (line, started.elapsed())
+    }
+
+    /// The next line the process printed, trimmed.
+    pub fn next_line(&mut self) -> String {
         let mut line = String::new();
         let _ = self.lines.read_line(&mut line);
-        (line.trim().to_owned(), started.elapsed())
+        line.trim().to_owned()
     }
 }
 
@@ -343,27 +349,13 @@ impl Node {
     /// Open a connection from a workload and keep it open for `secs`;
     /// returns once it is established.
     pub fn hold_as(&self, ns: &str, sa: &str, addr: &str, secs: u32) -> Held {
-        let mut child = self
-            .workload(ns, sa, &[])
-            .arg(probe_bin())
-            .args(["connect", addr, &secs.to_string()])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the client workload");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        let _ = lines.read_line(&mut line);
-        assert_eq!(
-            line.trim(),
-            "connected",
-            "{ns}/{sa} to {addr}:\n{}",
-            self.log()
-        );
-        Held {
-            _group: Server(child),
-            lines,
-        }
+        let mut c = self.workload(ns, sa, &[]);
+        c.arg(probe_bin())
+            .args(["connect", addr, &secs.to_string()]);
+        let mut held = spawn_lines(c);
+        let line = held.next_line();
+        assert_eq!(line, "connected", "{ns}/{sa} to {addr}:\n{}", self.log());
+        held
     }
 
     /// Connect from a workload with this identity.
@@ -371,6 +363,19 @@ impl Node {
         let mut c = self.workload(ns, sa, &[]);
         c.arg(probe_bin()).args(["connect", addr]);
         outcome(&run_ok(&mut c))
+    }
+
+    /// Entries in the kernel map `map` as `zgate status --json` reports it.
+    pub fn map_entries(&self, map: &str) -> u64 {
+        let text = self.zgate(&["status", "--json"]);
+        let status: zgate::agent::status::Status = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("zgate status --json: {e}\n{text}"));
+        status
+            .maps
+            .iter()
+            .find(|m| m.map == map)
+            .unwrap_or_else(|| panic!("no map {map} in the status:\n{text}"))
+            .entries
     }
 
     /// A second host on a /24: the node gets `<net>.1`, the peer host
@@ -567,6 +572,21 @@ fn outcome(out: &Output) -> Outcome {
             "{other} (stderr: {})",
             String::from_utf8_lossy(&out.stderr).trim()
         )),
+    }
+}
+
+/// Start a command in its own process group (killed when the value is
+/// dropped), to read its output line by line.
+pub fn spawn_lines(mut c: Command) -> Held {
+    let mut child = c
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {c:?}: {e}"));
+    let lines = BufReader::new(child.stdout.take().expect("piped stdout"));
+    Held {
+        _group: Server(child),
+        lines,
     }
 }
 

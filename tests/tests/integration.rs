@@ -42,7 +42,9 @@ fn allow_sleep_to_httpbin() {
         log.contains("src.identity=spiffe://cluster.local/ns/ambient-demo/sa/notsleep"),
         "{log}"
     );
-    // The kernel counted each verdict once per hook that took it.
+    // The kernel counted each verdict once, at the hook that took it: the
+    // accept side honoured the allow `connect()` took between workloads on
+    // this node, and decided the plaintext connection itself.
     let counts = node.verdict_counts();
     let count = |reason: u8, hook: u8| -> u64 {
         counts
@@ -52,7 +54,7 @@ fn allow_sleep_to_httpbin() {
             .sum()
     };
     assert_eq!(count(REASON_ALLOW_MATCHED, HOOK_CONNECT), 1, "{counts:?}");
-    assert_eq!(count(REASON_ALLOW_MATCHED, HOOK_ACCEPT), 1, "{counts:?}");
+    assert_eq!(count(REASON_ALLOW_MATCHED, HOOK_ACCEPT), 0, "{counts:?}");
     assert_eq!(
         count(REASON_NO_ALLOW_MATCHED, HOOK_CONNECT),
         1,
@@ -366,6 +368,41 @@ fn killed_agent_keeps_enforcing_and_restart_adopts() {
     assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
 }
 
+/// An agent of another version left its programs pinned (an upgrade): the
+/// new agent detaches them and removes their maps, so they cannot go on
+/// vetoing connections with the policy frozen in their maps.
+#[test]
+fn restart_retires_the_pins_of_another_version() {
+    let mut node = Node::start("other_version", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    node.stop_agent(Signal::SIGKILL);
+    // What an agent of another ABI version leaves: its links and maps,
+    // pinned under its own version directory, still enforcing.
+    let ours = node
+        .bpffs_dir()
+        .join(format!("v{}", zgate_common::ABI_VERSION));
+    let theirs = node
+        .bpffs_dir()
+        .join(format!("v{}", zgate_common::ABI_VERSION + 1));
+    std::fs::rename(&ours, &theirs).expect("moving the pins");
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    node.write_config(
+        "demo.yaml",
+        &DEMO.replace(
+            "        - cluster.local/ns/ambient-demo/sa/sleep",
+            "        - cluster.local/ns/ambient-demo/sa/sleep\n        - cluster.local/ns/ambient-demo/sa/notsleep",
+        ),
+    );
+    node.spawn_agent();
+    assert!(!theirs.exists(), "the other version's pins are left");
+    node.wait_log("an agent of another version pinned", 0);
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+}
+
 /// Ctrl-C detaches every program and removes every pin and cgroup.
 #[test]
 fn interrupt_detaches_everything() {
@@ -494,6 +531,50 @@ fn full_connection_map_fails_closed() {
     }
 }
 
+/// What the kernel records for a workload's socket goes with the socket,
+/// not with the workload: after allowed, refused and bound-source
+/// connections from a workload that is still running, only the server's
+/// listener is left, and no connection identity.
+#[test]
+fn socket_records_go_with_their_sockets() {
+    let node = Node::start("socket_records", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let probe = harness::probe_bin();
+    let probe = probe.display();
+    // Bound first, the socket is also a learned listener until it goes.
+    let script = format!(
+        "{probe} connect {ADDR}; {probe} connect {ADDR}; \
+         PROBE_SOURCE=127.0.0.1 {probe} connect {ADDR}; \
+         PROBE_SOURCE=127.0.0.1 {probe} connect {ADDR}; \
+         echo done; exec sleep 30"
+    );
+    let mut sleep = node.workload("ambient-demo", "sleep", &[]);
+    sleep.args(["sh", "-c", &script]);
+    let mut client = harness::spawn_lines(sleep);
+    for _ in 0..4 {
+        assert_eq!(client.next_line(), "connected");
+    }
+    assert_eq!(client.next_line(), "done");
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::NotPermitted
+    );
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    // Accepted sockets keep theirs until TCP_CLOSE, after the FIN exchange.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while node.map_entries("sockets") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            node.zgate(&["status"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(node.map_entries("listeners"), 1);
+    assert_eq!(node.map_entries("connections"), 0);
+    assert_eq!(node.connection_entries(), (0, 0));
+}
+
 /// `/metrics` has the kernel's counters with Istio's labels after allowed
 /// and denied connections; `/healthz/ready` answers once the agent is up.
 #[test]
@@ -531,7 +612,7 @@ fn metrics_count_allowed_and_denied_connections() {
     );
     assert!(
         has(
-            r#"zgate_verdicts_total{policy="ambient-demo/allow-sleep-to-httpbin",action="ALLOW",reason="allow policy matched",hook="accept"} 2"#
+            r#"zgate_verdicts_total{policy="ambient-demo/allow-sleep-to-httpbin",action="ALLOW",reason="allow policy matched",hook="connect"} 2"#
         ),
         "{metrics}"
     );

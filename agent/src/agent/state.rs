@@ -20,6 +20,7 @@ use zgate_common::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
+    socket::{SocketRecord, FLAG_BOUND, KIND_ACCEPTED, KIND_BOUND},
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
@@ -253,8 +254,18 @@ impl State {
                 proto: IPPROTO_TCP,
                 _pad: [0; 3],
             };
+            // The peer the agent delivered, or the one `sock_ops` recorded
+            // when this connection was accepted (its client may be gone).
             let peer = maps.conn_peer.get(&key, 0).ok();
-            let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
+            let accepted = maps
+                .sockets
+                .get(&sock.cookie(), 0)
+                .ok()
+                .filter(|r| r.kind == KIND_ACCEPTED);
+            let identity = peer
+                .map(|p| p.identity)
+                .or(accepted.map(|r| r.identity))
+                .unwrap_or(IDENTITY_NONE);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),
                 _ => sock.remote.ip(),
@@ -503,6 +514,11 @@ impl State {
                     "connections",
                     maps.conn_count.get(&0, 0).unwrap_or(0),
                     sizes.connections,
+                ),
+                usage(
+                    "sockets",
+                    count(maps.sockets.keys().count()),
+                    sizes.sockets(),
                 ),
                 usage(
                     "policy (6 maps)",
@@ -916,10 +932,17 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
         if maps.listeners.get(&key, 0).is_ok() {
             continue;
         }
+        let record = SocketRecord {
+            kind: KIND_BOUND,
+            flags: FLAG_BOUND,
+            workload,
+            bound: key,
+            ..SocketRecord::default()
+        };
         let restored = maps
             .listeners
             .insert(key, workload, 0)
-            .and_then(|()| maps.listener_cookies.insert(sock.cookie(), key, 0));
+            .and_then(|()| maps.sockets.insert(sock.cookie(), record, 0));
         match restored {
             Ok(()) => tracing::info!(workload, addr = %sock.local, "re-learned a listening socket"),
             Err(e) => {

@@ -18,6 +18,7 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use zgate_common::{
     conn::{self, ConnKey, ConnPeer, ORIGIN_AGENT},
     redirect::{self, OrigDst},
+    socket::Approval,
     Addr,
 };
 
@@ -76,6 +77,8 @@ impl ConnTable {
             identity,
             origin: ORIGIN_AGENT,
             original_src,
+            // Decided by the kernel at accept, never honoured from elsewhere.
+            approval: Approval::default(),
         };
         self.lock()
             .conn_peer

@@ -36,4 +36,29 @@ impl Paths {
     pub fn link(&self, program: &str) -> PathBuf {
         self.links().join(program)
     }
+
+    /// The pin directories of this instance, this version's and any other
+    /// (`v<N>`) an agent of another version left.
+    pub fn all_versions(&self) -> Vec<PathBuf> {
+        let Some(instance) = self.root.parent() else {
+            return vec![self.root.clone()];
+        };
+        let mut roots: Vec<PathBuf> = std::fs::read_dir(instance)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix('v'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        if !roots.contains(&self.root) {
+            roots.push(self.root.clone());
+        }
+        roots.sort();
+        roots
+    }
 }

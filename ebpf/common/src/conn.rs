@@ -6,7 +6,7 @@
 //! long as the connection. A plain hash (not LRU): an evicted identity would
 //! silently turn an authenticated peer into a plaintext one.
 
-use crate::Addr;
+use crate::{socket::Approval, Addr};
 
 pub const MAP: &str = "ZG_CONN_PEER";
 pub const MAX_ENTRIES: u32 = 65_536;
@@ -45,5 +45,8 @@ pub struct ConnPeer {
     /// The original source address when the agent relayed the connection,
     /// used for `ipBlocks`; all-zero (family 0) means "the packet's source".
     pub original_src: Addr,
+    /// `ORIGIN_LOCAL`: the verdict `connect()` already took, if it was an
+    /// allow the accept side may honour.
+    pub approval: Approval,
 }
-const _: () = assert!(size_of::<ConnPeer>() == 28);
+const _: () = assert!(size_of::<ConnPeer>() == 36);

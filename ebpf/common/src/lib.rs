@@ -14,11 +14,12 @@ pub mod event;
 pub mod listener;
 pub mod policy;
 pub mod redirect;
+pub mod socket;
 pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -130,4 +131,5 @@ mod pod {
     unsafe impl aya::Pod for stats::VerdictKey {}
     unsafe impl aya::Pod for stats::ConnStatsKey {}
     unsafe impl aya::Pod for stats::ConnStats {}
+    unsafe impl aya::Pod for socket::SocketRecord {}
 }

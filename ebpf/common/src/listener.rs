@@ -1,13 +1,11 @@
 //! `ZG_LISTENERS`: which enrolled workload owns a bound address, learned by
-//! the `post_bind` programs and removed by `sock_release`, so policy applies
-//! to whatever a workload listens on without configuring ports.
+//! the `post_bind` programs and removed by `sock_release` (through the
+//! socket's `socket::SocketRecord`), so policy applies to whatever a
+//! workload listens on without configuring ports.
 
 use crate::Addr;
 
 pub const MAP: &str = "ZG_LISTENERS";
-/// Socket cookie → the `ListenerKey` that socket bound, so `sock_release`
-/// (which cannot read the bound address) can remove the entry.
-pub const COOKIE_MAP: &str = "ZG_LISTENER_COOKIES";
 pub const MAX_ENTRIES: u32 = 65_536;
 
 #[repr(C)]

@@ -5,17 +5,17 @@
 //!
 //! - `ZG_REMOTE`: address → remote workload, written by the agent from the
 //!   WorkloadEntry inventory less this node's own addresses.
-//! - `ZG_ORIG_DST_COOKIES`: socket cookie → original destination, written
-//!   by `connect4|6` when it rewrites; `sock_ops` moves the entry, at
-//!   `TCP_CONNECT_CB` (source port chosen, SYN not sent), to
+//! - The connecting socket's `socket::SocketRecord` (`FLAG_CAPTURED`) holds
+//!   the original destination, written by `connect4|6` when it rewrites;
+//!   `sock_ops` copies it, at `TCP_CONNECT_CB` (source port chosen, SYN not
+//!   sent), to
 //! - `ZG_ORIG_DST`: the 5-tuple the agent's accepted socket sees → original
-//!   destination, which the agent reads and deletes on accept; `sock_ops`
-//!   deletes what is left when the client socket closes.
+//!   destination, which the agent reads and deletes on accept;
+//!   `sock_release` deletes what is left when the client socket goes away.
 
 use crate::Addr;
 
 pub const REMOTE_MAP: &str = "ZG_REMOTE";
-pub const COOKIE_MAP: &str = "ZG_ORIG_DST_COOKIES";
 pub const ORIG_DST_MAP: &str = "ZG_ORIG_DST";
 pub const REMOTE_MAX_ENTRIES: u32 = 65_536;
 /// Captured connections between `connect()` and the agent's accept.

@@ -46,8 +46,3 @@ pub struct ConnStats {
     pub received_bytes: u64,
 }
 const _: () = assert!(size_of::<ConnStats>() == 40);
-
-/// `ZG_SERVER_CONNS`: socket cookie of an accepted connection to an
-/// enrolled workload → its counters' key, from `PASSIVE_ESTABLISHED` until
-/// the socket closes, when its byte counts are added.
-pub const SERVER_CONNS_MAP: &str = "ZG_SERVER_CONNS";

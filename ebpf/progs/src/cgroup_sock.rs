@@ -3,7 +3,8 @@
 //! workload listens on, and forget it when the socket goes away.
 //!
 //! `sock_release` may not read a socket's addresses, so `post_bind` also
-//! records socket cookie → bound address.
+//! keeps the bound address in the socket's record (`zgate_common::socket`);
+//! `sock_release` undoes what the record says was done for the socket.
 //!
 //! # Minimum kernel version
 //! 4.17 (`post_bind`), 5.9 (`sock_release`), 5.10 (socket cookies here).
@@ -14,11 +15,18 @@ use aya_ebpf::{
     programs::SockContext,
     EbpfContext as _,
 };
-use zgate_common::{conn::ConnKey, event::HOOK_BIND, listener::ListenerKey, Addr, IPPROTO_TCP};
+use zgate_common::{
+    conn::ConnKey,
+    event::HOOK_BIND,
+    listener::ListenerKey,
+    socket::{SocketRecord, FLAG_BOUND, KIND_ACCEPTED, KIND_BOUND},
+    Addr, IPPROTO_TCP,
+};
 
 use crate::{
-    maps::{LISTENERS, LISTENER_COOKIES, ORIG_DST_COOKIES, SOURCE_COOKIES, WORKLOADS},
-    verdict::{addr_v4, addr_v6, deny_map_full, Subject},
+    maps::{LISTENERS, SOCKETS, WORKLOADS},
+    record::unpublish,
+    verdict::{addr_v4, addr_v6, deny_map_full, generation, Subject},
 };
 
 const PROCEED: i32 = 1;
@@ -46,13 +54,18 @@ pub fn zg_post_bind6(ctx: SockContext) -> i32 {
 pub fn zg_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain Copy value, copied out at once.
-    if let Some(key) = unsafe { LISTENER_COOKIES.get(&cookie) }.copied() {
-        let _ = LISTENER_COOKIES.remove(&cookie);
-        let _ = LISTENERS.remove(&key);
+    let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+        return PROCEED;
+    };
+    // Its byte counts come at `TCP_CLOSE`, after the FIN exchange.
+    if record.kind == KIND_ACCEPTED {
+        return PROCEED;
     }
-    // A `connect()` that failed before `sock_ops` took its entries.
-    let _ = ORIG_DST_COOKIES.remove(&cookie);
-    let _ = SOURCE_COOKIES.remove(&cookie);
+    if record.flags & FLAG_BOUND != 0 {
+        let _ = LISTENERS.remove(&record.bound);
+    }
+    unpublish(&record);
+    let _ = SOCKETS.remove(&cookie);
     PROCEED
 }
 
@@ -74,8 +87,15 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
         _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let record = SocketRecord {
+        kind: KIND_BOUND,
+        flags: FLAG_BOUND,
+        workload: workload.id,
+        bound: key,
+        ..SocketRecord::default()
+    };
     if LISTENERS.insert(&key, &workload.id, 0).is_err()
-        || LISTENER_COOKIES.insert(&cookie, &key, 0).is_err()
+        || SOCKETS.insert(&cookie, &record, 0).is_err()
     {
         // A port the kernel cannot attribute would go unenforced: refuse the
         // bind (EPERM), fail closed and loudly.
@@ -91,6 +111,7 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
                 ..ConnKey::default()
             },
             src_known: false,
+            generation: generation(),
         };
         deny_map_full(&subject);
         return REFUSE;

@@ -16,21 +16,27 @@
 //! `bpf_get_socket_cookie` here from 5.10.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext as _,
 };
 use zgate_common::{
-    conn::ConnKey, event::HOOK_CONNECT, redirect::OrigDst, workload::Workload, Addr, AF_INET,
-    AF_INET6, IPPROTO_TCP,
+    conn::ConnKey,
+    event::HOOK_CONNECT,
+    socket::{Approval, SocketRecord, FLAG_BOUND, FLAG_CAPTURED, KIND_CONNECTING},
+    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONFIG, CONN_COUNT, ORIG_DST_COOKIES, REMOTE, SOURCE_COOKIES, WORKLOADS},
-    verdict::{addr_v4, addr_v6, deny_map_full, judge, listener, Subject, Verdict},
+    maps::{CONFIG, CONN_COUNT, REMOTE, SOCKETS, WORKLOADS},
+    record::unpublish,
+    verdict::{addr_v4, addr_v6, deny_map_full, generation, judge, listener, Subject, Verdict},
 };
 
+/// `-EEXIST`, as map updates return it.
+const EEXIST: i32 = 17;
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
@@ -64,23 +70,10 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
     let Some(source) = (unsafe { WORKLOADS.get(&cgroup) }).copied() else {
         return ALLOW;
     };
-    // For `sock_ops`, which records this connection's identity once its
-    // source port is chosen. A full map is caught by the `full` check below.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = SOURCE_COOKIES.insert(&cookie, &source, 0);
     let dst_port = u16::from_be(raw_port as u16);
-    if let Some(verdict) = capture::<V6>(ctx, &dst, dst_port, &source) {
-        return verdict;
-    }
-    let conn_entries = CONN_COUNT.get(0).copied().unwrap_or(0);
-    let limit = CONFIG.get(0).map_or(0, |c| c.conn_limit);
-    let full = conn_entries >= u64::from(limit);
-    let Some(workload) = listener(&dst, dst_port).or(full.then_some(0)) else {
-        return ALLOW;
-    };
-    let subject = Subject {
+    let mut subject = Subject {
         hook: HOOK_CONNECT,
-        workload,
+        workload: 0,
         identity: source.identity,
         conn: ConnKey {
             src: Addr::any(dst.family),
@@ -91,67 +84,98 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
             _pad: [0; 3],
         },
         src_known: false,
+        generation: generation(),
     };
-    // `sock_ops` could not record this connection's identity: refuse it
-    // rather than let the destination see a plaintext peer.
-    if full {
+    // What `sock_ops` publishes for the accept side once the source port is
+    // chosen, whatever the destination: a NAT or a wildcard listener may
+    // still deliver the connection to a workload on this node.
+    let mut record = SocketRecord {
+        kind: KIND_CONNECTING,
+        identity: source.identity,
+        workload: source.id,
+        conn: subject.conn,
+        ..SocketRecord::default()
+    };
+    let local = listener(&dst, dst_port);
+    subject.workload = local.unwrap_or(0);
+    // Past the limit `sock_ops` could not publish this connection's
+    // identity: refuse it rather than let the destination see a plaintext
+    // peer.
+    let conn_entries = CONN_COUNT.get(0).copied().unwrap_or(0);
+    let limit = CONFIG.get(0).map_or(0, |c| c.conn_limit);
+    if conn_entries >= u64::from(limit) {
         deny_map_full(&subject);
         return DENY;
     }
-    match judge(&subject) {
-        Verdict::Deny => DENY,
-        Verdict::Allow | Verdict::Defer => ALLOW,
+    match local {
+        Some(workload) => match judge(&subject) {
+            Verdict::Deny => return DENY,
+            Verdict::Allow => {
+                record.approval = Approval {
+                    generation: subject.generation,
+                    workload,
+                }
+            }
+            Verdict::Defer => {}
+        },
+        None if capture::<V6>(ctx, &dst) => record.flags = FLAG_CAPTURED,
+        None => {}
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if !save(cookie, &record) {
+        // No record, no identity for the accept side, no original
+        // destination for a captured connection: refuse it (EPERM) rather
+        // than let it arrive, or leave, as plaintext.
+        deny_map_full(&subject);
+        return DENY;
+    }
+    ALLOW
+}
+
+/// Record a connecting socket. Most have no record yet; one that bound an
+/// address first keeps it, and one connecting again (after a failed
+/// attempt) first unpublishes the attempt before.
+#[inline(always)]
+fn save(cookie: u64, record: &SocketRecord) -> bool {
+    match SOCKETS.insert(&cookie, record, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(e) if e == -EEXIST => {
+            let Some(old) = SOCKETS.get_ptr_mut(&cookie) else {
+                return false;
+            };
+            // SAFETY: this socket's own record; nothing else writes it while
+            // `connect()` holds the socket lock.
+            let old = unsafe { &mut *old };
+            unpublish(old);
+            let (flags, bound) = (old.flags & FLAG_BOUND, old.bound);
+            *old = *record;
+            old.flags |= flags;
+            old.bound = bound;
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// Redirect a connection to a remote mesh workload to the agent's outbound
-/// listener; `None` when the destination is not one (or capture is off).
+/// listener; false when the destination is not one (or capture is off).
 /// The destination node takes the verdict, once the agent has carried the
 /// connection there over mTLS.
 #[inline(always)]
-fn capture<const V6: bool>(
-    ctx: &SockAddrContext,
-    dst: &Addr,
-    dst_port: u16,
-    source: &Workload,
-) -> Option<i32> {
+fn capture<const V6: bool>(ctx: &SockAddrContext, dst: &Addr) -> bool {
     // SAFETY: only presence is read.
-    unsafe { REMOTE.get(dst) }?;
-    let config = CONFIG.get(0)?;
+    if unsafe { REMOTE.get(dst) }.is_none() {
+        return false;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return false;
+    };
     let (outbound, port) = (config.outbound, config.outbound_port);
     if outbound.family == 0 || port == 0 {
-        return None;
+        return false;
     }
     if !V6 && outbound.family != AF_INET {
-        return None;
-    }
-    let orig = OrigDst {
-        dst: *dst,
-        dst_port,
-        _pad: [0; 2],
-        identity: source.identity,
-        workload: source.id,
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if ORIG_DST_COOKIES.insert(&cookie, &orig, 0).is_err() {
-        // The agent could not tell where this connection was going: refuse
-        // it (EPERM) rather than let it leave in plaintext.
-        let subject = Subject {
-            hook: HOOK_CONNECT,
-            workload: 0,
-            identity: source.identity,
-            conn: ConnKey {
-                src: Addr::any(dst.family),
-                dst: *dst,
-                src_port: 0,
-                dst_port,
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            },
-            src_known: false,
-        };
-        deny_map_full(&subject);
-        return Some(DENY);
+        return false;
     }
     let port = u32::from(port.to_be());
     let b = outbound.bytes;
@@ -172,7 +196,7 @@ fn capture<const V6: bool>(
         }
         (*ctx.sock_addr).user_port = port;
     }
-    Some(ALLOW)
+    true
 }
 
 /// Four address bytes as the kernel's network-order `u32` field.

@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod maps;
+mod record;
 mod verdict;
 
 mod cgroup_sock;

@@ -3,6 +3,7 @@
 //! (fail-static) and a restarted agent adopts them.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -11,12 +12,13 @@ use zgate_common::{
     conn::{self, ConnKey, ConnPeer},
     event,
     listener::{self, ListenerKey},
-    redirect::{self, OrigDst, RemoteWorkload},
-    stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     policy::{
         IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
         TermKey, WorkloadPolicyKey,
     },
+    redirect::{self, OrigDst, RemoteWorkload},
+    socket::{self, SocketRecord},
+    stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
     Addr,
 };
@@ -33,30 +35,19 @@ pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(workload::MAX_ENT
 #[map(name = "ZG_LISTENERS")]
 pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_ENTRIES, 0);
 
-#[map(name = "ZG_LISTENER_COOKIES")]
-pub static LISTENER_COOKIES: HashMap<u64, ListenerKey> =
-    HashMap::pinned(listener::MAX_ENTRIES, 0);
-
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> = HashMap::pinned(conn::MAX_ENTRIES, 0);
 
-/// Socket cookie → the workload that called `connect()` on it, written at
-/// `connect4|6` (process context) for `sock_ops`, which may not call
-/// `bpf_get_current_cgroup_id` before kernel 6.4.
-#[map(name = "ZG_SOURCE_COOKIES")]
-pub static SOURCE_COOKIES: HashMap<u64, Workload> = HashMap::pinned(conn::MAX_ENTRIES, 0);
+/// Entries only for live sockets (`BPF_F_NO_PREALLOC`): sized for every
+/// connection and listener, most of it is usually unused.
+#[map(name = "ZG_SOCKETS")]
+pub static SOCKETS: HashMap<u64, SocketRecord> = HashMap::pinned(socket::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_REMOTE")]
-pub static REMOTE: HashMap<Addr, RemoteWorkload> =
-    HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
-
-#[map(name = "ZG_ORIG_DST_COOKIES")]
-pub static ORIG_DST_COOKIES: HashMap<u64, OrigDst> =
-    HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
+pub static REMOTE: HashMap<Addr, RemoteWorkload> = HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
 
 #[map(name = "ZG_ORIG_DST")]
-pub static ORIG_DST: HashMap<ConnKey, OrigDst> =
-    HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
+pub static ORIG_DST: HashMap<ConnKey, OrigDst> = HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
 
 #[map(name = "ZG_CONN_COUNT")]
 pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
@@ -64,24 +55,19 @@ pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
 #[map(name = "ZG_VERDICTS")]
 pub static VERDICTS: PerCpuHashMap<VerdictKey, u64> = PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
 
-#[map(name = "ZG_SERVER_CONNS")]
-pub static SERVER_CONNS: HashMap<u64, ConnStatsKey> = HashMap::pinned(conn::MAX_ENTRIES, 0);
-
 #[map(name = "ZG_CONN_STATS")]
 pub static CONN_STATS: PerCpuHashMap<ConnStatsKey, ConnStats> =
     PerCpuHashMap::pinned(stats::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_WL_POLICY")]
-pub static WL_POLICY: HashMap<WorkloadPolicyKey, u32> =
-    HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+pub static WL_POLICY: HashMap<WorkloadPolicyKey, u32> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ZG_POLICY_SETS")]
 pub static POLICY_SETS: HashMap<PolicySetKey, PolicySet> =
     HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ZG_ID_BITS")]
-pub static ID_BITS: HashMap<IdentityBitsKey, TermBits> =
-    HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
+pub static ID_BITS: HashMap<IdentityBitsKey, TermBits> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
 
 #[map(name = "ZG_PORT_BITS")]
 pub static PORT_BITS: HashMap<PortBitsKey, TermBits> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);

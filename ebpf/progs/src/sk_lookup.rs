@@ -4,7 +4,9 @@
 //!
 //! The source identity is the one recorded for this 5-tuple — by the agent
 //! for connections it delivered after mTLS, by `sock_ops` for workloads on
-//! this node — or none (plaintext).
+//! this node — or none (plaintext). A connection between workloads on this
+//! node that `connect()` allowed is not decided twice: its approval holds
+//! while the policy generation and the destination workload are the same.
 //!
 //! # Minimum kernel version
 //! 5.9 (`BPF_SK_LOOKUP`).
@@ -15,12 +17,13 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use zgate_common::{
-    conn::ConnKey, event::HOOK_ACCEPT, policy::IDENTITY_NONE, AF_INET, AF_INET6, IPPROTO_TCP,
+    config::GENERATION_NONE, conn::ConnKey, event::HOOK_ACCEPT, policy::IDENTITY_NONE, AF_INET,
+    AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
     maps::CONN_PEER,
-    verdict::{addr_v4, addr_v6, judge, listener, Subject, Verdict},
+    verdict::{addr_v4, addr_v6, count_connection, generation, judge, listener, Subject, Verdict},
 };
 
 #[doc(alias = "BPF_SK_LOOKUP")]
@@ -40,7 +43,7 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     let Some(workload) = listener(&dst, dst_port) else {
         return SK_PASS;
     };
-    let mut conn = ConnKey {
+    let conn = ConnKey {
         src,
         dst,
         src_port: u16::from_be(lk.remote_port),
@@ -48,24 +51,32 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
         proto: IPPROTO_TCP,
         _pad: [0; 3],
     };
+    let generation = generation();
     // SAFETY: a plain Copy value, copied out at once.
     let peer = unsafe { CONN_PEER.get(&conn) }.copied();
-    let identity = match peer {
-        Some(p) => {
-            if p.original_src.family != 0 {
-                conn.src = p.original_src;
-            }
-            p.identity
-        }
-        None => IDENTITY_NONE,
-    };
-    let subject = Subject {
+    let mut subject = Subject {
         hook: HOOK_ACCEPT,
         workload,
-        identity,
+        identity: IDENTITY_NONE,
         conn,
         src_known: true,
+        generation,
     };
+    if let Some(p) = peer {
+        subject.identity = p.identity;
+        if p.original_src.family != 0 {
+            subject.conn.src = p.original_src;
+        }
+        // Between workloads on this node `connect()` already decided, with
+        // both identities and this generation's policy of this workload.
+        if p.approval.generation != GENERATION_NONE
+            && p.approval.generation == generation
+            && p.approval.workload == workload
+        {
+            count_connection(&subject, true);
+            return SK_PASS;
+        }
+    }
     match judge(&subject) {
         Verdict::Deny => SK_DROP,
         Verdict::Allow | Verdict::Defer => SK_PASS,

@@ -1,13 +1,16 @@
-//! `sock_ops`: records the identity of enrolled workloads' outgoing
-//! connections, keyed by 5-tuple, for the accept side on this node.
+//! `sock_ops`: publishes the identity of enrolled workloads' outgoing
+//! connections under their 5-tuple, for the accept side on this node, and
+//! counts the bytes of connections enrolled workloads accepted.
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
-//! so the entry exists before the destination's `sk_lookup` runs. The entry
-//! is removed when the socket reaches `TCP_CLOSE`.
+//! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
+//! runs. The socket's record (`zgate_common::socket`) keeps the 5-tuple,
+//! and `sock_release` removes the entry: connecting sockets ask for no
+//! state callbacks, so the rest of their life runs no program.
 //!
 //! A connection `connect4|6` redirected to the agent's outbound listener
-//! has its original destination moved here from socket cookie to the
-//! 5-tuple the agent's accepted socket sees (`zgate_common::redirect`).
+//! has its original destination published under the 5-tuple the agent's
+//! accepted socket sees (`zgate_common::redirect`).
 //!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
@@ -25,14 +28,17 @@ use aya_ebpf::{
 use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
     policy::IDENTITY_NONE,
+    redirect::OrigDst,
+    socket::{
+        Approval, SocketRecord, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_ACCEPTED, KIND_CONNECTING,
+    },
     stats::ConnStatsKey,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use crate::{
-    maps::{CONN_COUNT, CONN_PEER, ORIG_DST, ORIG_DST_COOKIES, SERVER_CONNS, SOURCE_COOKIES},
+    maps::{CONN_PEER, ORIG_DST, SOCKETS},
+    record::add_conn_count,
     verdict::{addr_v4, addr_v6, count_close, listener},
 };
 
@@ -41,17 +47,8 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            on_accepted_close(&ctx);
-            // Only recorded connections asked for state callbacks.
-            if let Some(key) = conn_key(&ctx) {
-                if CONN_PEER.remove(&key).is_ok() {
-                    add_count(u64::MAX);
-                }
-                // A captured connection the agent never accepted.
-                let _ = ORIG_DST.remove(&key);
-            }
-        }
+        // Only accepted sockets ask for state callbacks.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_accepted_close(&ctx),
         _ => {}
     }
     1
@@ -59,35 +56,53 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn on_connect(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // The connecting workload, as `connect4|6` saw it (`sock_ops` may not
     // read the current cgroup before 6.4; on 6.1 the verifier says
     // "unknown func bpf_get_current_cgroup_id#80").
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain Copy value, copied out at once.
-    let Some(source) = (unsafe { SOURCE_COOKIES.get(&cookie) }).copied() else {
+    let Some(record) = SOCKETS.get_ptr_mut(&cookie) else {
         return;
     };
-    let _ = SOURCE_COOKIES.remove(&cookie);
+    // SAFETY: this socket's own record, written by `connect4|6` in this
+    // same `connect()` call and by nothing else while it runs (the socket
+    // is locked).
+    let record = unsafe { &mut *record };
+    if record.kind != KIND_CONNECTING {
+        return;
+    }
     let Some(key) = conn_key(ctx) else {
         return;
     };
-    // SAFETY: a plain Copy value, copied out at once.
-    if let Some(orig) = unsafe { ORIG_DST_COOKIES.get(&cookie) }.copied() {
-        let _ = ORIG_DST_COOKIES.remove(&cookie);
-        if ORIG_DST.insert(&key, &orig, 0).is_ok() {
-            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-        }
+    if record.flags & FLAG_CAPTURED != 0 {
+        let orig = OrigDst {
+            dst: record.conn.dst,
+            dst_port: record.conn.dst_port,
+            _pad: [0; 2],
+            identity: record.identity,
+            workload: record.workload,
+        };
+        // No entry: the agent cannot tell where the connection was going
+        // and closes it.
+        let _ = ORIG_DST.insert(&key, &orig, 0);
     }
+    // An approval holds for the destination `connect()` judged, only.
+    let approved = record.conn.dst == key.dst && record.conn.dst_port == key.dst_port;
     let peer = ConnPeer {
-        identity: source.identity,
+        identity: record.identity,
         origin: ORIGIN_LOCAL,
         original_src: Addr::default(),
+        approval: if approved {
+            record.approval
+        } else {
+            Approval::default()
+        },
     };
+    record.conn = key;
+    record.flags |= FLAG_PUBLISHED;
     // `connect()` already refused this connection if the map was close to
     // full (`conn::RESERVED`), so this insert has room.
     if CONN_PEER.insert(&key, &peer, 0).is_ok() {
-        add_count(1);
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        add_conn_count(1);
     }
 }
 
@@ -111,35 +126,40 @@ fn on_accepted(ctx: &SockOpsContext) {
     };
     // SAFETY: a plain Copy value, copied out at once.
     let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
+    let record = SocketRecord {
+        kind: KIND_ACCEPTED,
+        identity,
+        workload,
+        conn: inbound,
+        ..SocketRecord::default()
+    };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let stats = ConnStatsKey { identity, workload };
-    if SERVER_CONNS.insert(&cookie, &stats, 0).is_ok() {
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    // No room: this connection's close goes uncounted; nothing else
+    // depends on the record.
+    if SOCKETS.insert(&cookie, &record, 0).is_ok()
+        && ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err()
+    {
+        // No close callback would ever remove it.
+        let _ = SOCKETS.remove(&cookie);
     }
 }
 
+/// An accepted connection closed: add its byte counts, drop its record.
 #[inline(always)]
 fn on_accepted_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain Copy value, copied out at once.
-    let Some(stats) = (unsafe { SERVER_CONNS.get(&cookie) }).copied() else {
+    let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
         return;
     };
-    let _ = SERVER_CONNS.remove(&cookie);
+    let _ = SOCKETS.remove(&cookie);
+    let stats = ConnStatsKey {
+        identity: record.identity,
+        workload: record.workload,
+    };
     // SAFETY: the context pointer is valid for the program's run.
     let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
     count_close(&stats, sent, received);
-}
-
-/// `ZG_CONN_COUNT[0] += delta` (wrapping: `u64::MAX` subtracts one).
-#[inline(always)]
-fn add_count(delta: u64) {
-    if let Some(p) = CONN_COUNT.get_ptr_mut(0) {
-        // SAFETY: a valid, aligned u64 in the map, shared by every CPU, so
-        // updated with an atomic add (BPF `lock xadd`); core's `AtomicU64`
-        // has no `fetch_add` on the BPF target.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
-    }
 }
 
 /// The connection as its destination sees it: source = our local end.

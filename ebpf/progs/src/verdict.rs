@@ -6,18 +6,18 @@ use zgate_common::{
     conn::ConnKey,
     event::{self, VerdictEvent, HOOK_ACCEPT},
     listener::ListenerKey,
-    stats::{ConnStats, ConnStatsKey, VerdictKey},
     policy::{
         decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
-        WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, POLICY_NONE,
-        NO_TERM, REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
+        WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, NO_TERM,
+        POLICY_NONE, REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
     },
+    stats::{ConnStats, ConnStatsKey, VerdictKey},
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::maps::{
-    CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS, PORT_BITS, TERMS, VERDICTS,
-    WL_POLICY,
+    CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS,
+    PORT_BITS, TERMS, VERDICTS, WL_POLICY,
 };
 
 /// A connection to an enrolled workload, as one hook sees it.
@@ -30,6 +30,8 @@ pub struct Subject {
     pub conn: ConnKey,
     /// False at `connect()`, before the kernel picked the source address.
     pub src_known: bool,
+    /// The policy generation this verdict reads ([`generation`]).
+    pub generation: u32,
 }
 
 pub enum Verdict {
@@ -67,9 +69,16 @@ pub fn listener(addr: &Addr, port: u16) -> Option<u32> {
     None
 }
 
+/// The live policy generation, read once per verdict so every look-up of
+/// that verdict is keyed with the same one.
+#[inline(always)]
+pub fn generation() -> u32 {
+    CONFIG.get(0).map_or(0, |c| c.generation)
+}
+
 #[inline(always)]
 pub fn judge(subject: &Subject) -> Verdict {
-    let generation = CONFIG.get(0).map_or(0, |c| c.generation);
+    let generation = subject.generation;
     let set_id = match unsafe {
         WL_POLICY.get(&WorkloadPolicyKey {
             generation,
@@ -131,22 +140,40 @@ pub fn judge(subject: &Subject) -> Verdict {
     count_connection(subject, decision.allowed());
     if decision.dry_run_deny != NO_TERM {
         let policy = term_policy(generation, set_id, decision.dry_run_deny);
-        emit(subject, generation, event::KIND_DRY_RUN_DENY_MATCH, decision.reason, policy);
+        emit(
+            subject,
+            generation,
+            event::KIND_DRY_RUN_DENY_MATCH,
+            decision.reason,
+            policy,
+        );
     }
     if decision.dry_run_no_allow {
-        emit(subject, generation, event::KIND_DRY_RUN_NO_ALLOW, decision.reason, POLICY_NONE);
+        emit(
+            subject,
+            generation,
+            event::KIND_DRY_RUN_NO_ALLOW,
+            decision.reason,
+            POLICY_NONE,
+        );
     }
     if decision.allowed() {
         return Verdict::Allow;
     }
-    emit(subject, generation, event::KIND_DENY, decision.reason, decider);
+    emit(
+        subject,
+        generation,
+        event::KIND_DENY,
+        decision.reason,
+        decider,
+    );
     Verdict::Deny
 }
 
 /// Istio's TCP metrics: a connection the destination allowed is opened
 /// once it passes the accept side; a denial counts wherever it happened.
 #[inline(always)]
-fn count_connection(subject: &Subject, allowed: bool) {
+pub fn count_connection(subject: &Subject, allowed: bool) {
     if allowed && subject.hook != HOOK_ACCEPT {
         return;
     }
@@ -196,9 +223,14 @@ pub fn count_close(key: &ConnStatsKey, sent: u64, received: u64) {
 /// Refuse, fail closed, because a map the verdict needs is full.
 #[inline(always)]
 pub fn deny_map_full(subject: &Subject) -> Verdict {
-    let generation = CONFIG.get(0).map_or(0, |c| c.generation);
     count(POLICY_NONE, REASON_MAP_FULL, subject.hook);
-    emit(subject, generation, event::KIND_DENY, REASON_MAP_FULL, POLICY_NONE);
+    emit(
+        subject,
+        subject.generation,
+        event::KIND_DENY,
+        REASON_MAP_FULL,
+        POLICY_NONE,
+    );
     Verdict::Deny
 }
 
@@ -235,7 +267,10 @@ fn address_bits(
         (true, AF_INET6) => 128,
         (true, _) => 32,
     };
-    let key = Key::new(IP_KEY_FIXED_BITS + addr_bits, ip_key(generation, set, dim, addr));
+    let key = Key::new(
+        IP_KEY_FIXED_BITS + addr_bits,
+        ip_key(generation, set, dim, addr),
+    );
     IP_BITS.get(&key)
 }
 
@@ -257,7 +292,13 @@ fn term_policy(generation: u32, set: u32, term: u32) -> u32 {
 #[inline(always)]
 fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
     count(POLICY_NONE, REASON_NO_POLICY, subject.hook);
-    emit(subject, generation, event::KIND_DENY, REASON_NO_POLICY, POLICY_NONE);
+    emit(
+        subject,
+        generation,
+        event::KIND_DENY,
+        REASON_NO_POLICY,
+        POLICY_NONE,
+    );
     Verdict::Deny
 }
 

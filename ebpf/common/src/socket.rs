@@ -1,0 +1,82 @@
+//! `ZG_SOCKETS`: socket cookie → what the kernel recorded about one socket
+//! of an enrolled workload. One map for every kind of socket, so
+//! `sock_release` finds all there is to undo with a single look-up, and
+//! nothing is written for a socket that had nothing recorded.
+//!
+//! - A **connecting** socket: `connect4|6` records the source workload, the
+//!   destination it judged and, if that destination's policy allowed the
+//!   connection, the [`Approval`]. `sock_ops` (`TCP_CONNECT_CB`) publishes
+//!   the identity under the 5-tuple in `ZG_CONN_PEER` (and a captured
+//!   connection's original destination in `ZG_ORIG_DST`) and keeps the
+//!   5-tuple here; `sock_release` removes both.
+//! - An **accepted** socket: `sock_ops` (`PASSIVE_ESTABLISHED_CB`) records
+//!   the counters' key; at `TCP_CLOSE` its byte counts are added and the
+//!   record removed. Kept past `sock_release`, which comes before the FIN
+//!   exchange ends.
+//! - A **bound** socket: `post_bind4|6` records the bound address, whose
+//!   `ZG_LISTENERS` entry `sock_release` removes (it may not read the
+//!   address itself). A bound socket that then connects keeps it.
+
+use crate::{conn::ConnKey, listener::ListenerKey};
+
+pub const MAP: &str = "ZG_SOCKETS";
+
+/// `connect()` from an enrolled workload.
+pub const KIND_CONNECTING: u8 = 1;
+/// A connection an enrolled workload accepted.
+pub const KIND_ACCEPTED: u8 = 2;
+/// An address an enrolled workload bound.
+pub const KIND_BOUND: u8 = 3;
+
+/// Connecting: redirected to the agent's outbound listener (HBONE).
+pub const FLAG_CAPTURED: u8 = 1;
+/// Connecting: `conn` is the 5-tuple, published in `ZG_CONN_PEER` (and,
+/// captured, in `ZG_ORIG_DST`).
+pub const FLAG_PUBLISHED: u8 = 2;
+/// `bound` is this socket's `ZG_LISTENERS` key.
+pub const FLAG_BOUND: u8 = 4;
+
+/// The destination's policy allowed a connection at `connect()`, where both
+/// identities are known: the accept side honours that verdict instead of
+/// deciding again, as long as the policy generation and the destination
+/// workload are still the same. `generation` 0: no approval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Approval {
+    pub generation: u32,
+    /// Numeric id of the destination workload whose policy allowed it.
+    pub workload: u32,
+}
+const _: () = assert!(size_of::<Approval>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketRecord {
+    /// `KIND_*`.
+    pub kind: u8,
+    /// `FLAG_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Connecting: the source workload's identity. Accepted: the peer's,
+    /// `policy::IDENTITY_NONE` for plaintext.
+    pub identity: u32,
+    /// Connecting: the source workload. Accepted, bound: the workload that
+    /// owns the socket.
+    pub workload: u32,
+    /// Connecting only.
+    pub approval: Approval,
+    /// Connecting: the destination `connect()` judged (source unset), then
+    /// the 5-tuple once published. Accepted: the 5-tuple.
+    pub conn: ConnKey,
+    /// `FLAG_BOUND`: the address and port this socket bound.
+    pub bound: ListenerKey,
+}
+const _: () = assert!(size_of::<SocketRecord>() == 92);
+
+/// Records for `connections` connections (their connecting and accepted
+/// sockets) and `listeners` bound sockets.
+pub const fn capacity(connections: u32, listeners: u32) -> u32 {
+    connections.saturating_mul(2).saturating_add(listeners)
+}
+
+pub const MAX_ENTRIES: u32 = capacity(crate::conn::MAX_ENTRIES, crate::listener::MAX_ENTRIES);
