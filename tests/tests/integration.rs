@@ -581,6 +581,8 @@ fn socket_records_go_with_their_sockets() {
 fn metrics_count_allowed_and_denied_connections() {
     let node = Node::start("metrics", &[("demo.yaml", DEMO)]);
     let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    // No policy selects it: plaintext is allowed in.
+    let _echo = node.server("ambient-demo", "echo", &["app=echo"], "127.0.0.1:8001");
     assert_eq!(
         node.connect_as("ambient-demo", "sleep", ADDR),
         Outcome::Connected
@@ -593,6 +595,7 @@ fn metrics_count_allowed_and_denied_connections() {
         node.connect_as("ambient-demo", "notsleep", ADDR),
         Outcome::NotPermitted
     );
+    assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Connected);
     assert!(node
         .http_get("127.0.0.1:15021", "/healthz/ready")
         .starts_with("HTTP/1.1 200"));
@@ -628,13 +631,20 @@ fn metrics_count_allowed_and_denied_connections() {
         "{metrics}"
     );
     // Closed connections add their bytes, as TCP counts them: the server's
-    // 6-byte greeting plus one for each FIN.
-    let closed = r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#;
-    let sent = r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 14"#;
+    // 6-byte greeting plus one for each FIN, and the client's FIN; from a
+    // workload on the node and from a plaintext client alike.
+    let expected = [
+        r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#,
+        r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 14"#,
+        r#"istio_tcp_received_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#,
+        r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 1"#,
+        r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 7"#,
+        r#"istio_tcp_received_bytes_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 1"#,
+    ];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let metrics = node.http_get("127.0.0.1:15020", "/metrics");
-        if metrics.lines().any(|l| l == closed) && metrics.lines().any(|l| l == sent) {
+        if expected.iter().all(|e| metrics.lines().any(|l| l == *e)) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{metrics}");
