@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     println!("churn soak for {secs} s: policy flips every round, a fresh workload per batch");
     let report = soak::run(Duration::from_secs(secs), 1_000);
     println!(
-        "connections {}, policy versions applied {}, wrong verdicts {}, connection-map entries left 0, agent RSS {} KiB -> {} KiB",
+        "connections {}, policy versions applied {}, wrong verdicts {}, connection-map entries left 0, socket records left 1 (the listener), agent RSS {} KiB -> {} KiB",
         report.connections, report.versions, report.wrong, report.rss_start_kib, report.rss_end_kib
     );
     if report.wrong == 0 {

@@ -3,8 +3,8 @@
 //! new and removed workloads every round). Every connection's outcome is
 //! checked against the reference evaluator for the policy in force; the
 //! run reports connections, policy versions applied and wrong verdicts —
-//! which must be zero — and checks that no connection-map entry leaks and
-//! the agent's memory stays flat. `cargo xtask soak --duration 10m` runs it
+//! which must be zero — and checks that no connection-map entry or socket
+//! record leaks and the agent's memory stays flat. `cargo xtask soak --duration 10m` runs it
 //! long; the integration suite runs a short one.
 
 use std::time::{Duration, Instant};
@@ -97,13 +97,15 @@ pub fn run(duration: Duration, per_batch: u32) -> Report {
         }
         round += 1;
     }
-    // Connections closed: their identity entries must be gone.
+    // Connections closed: their identity entries and socket records must
+    // be gone, all but the server's listener.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.connection_entries() != (0, 0) {
+    while node.connection_entries() != (0, 0) || node.map_entries("sockets") != 1 {
         assert!(
             Instant::now() < deadline,
-            "entries leaked: {:?}",
-            node.connection_entries()
+            "entries leaked: connection maps {:?}, socket records {}",
+            node.connection_entries(),
+            node.map_entries("sockets")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
