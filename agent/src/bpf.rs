@@ -24,8 +24,8 @@ use zgate_common::{
     event,
     listener::{self, ListenerKey},
     policy::{
-        self, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits, TermInfo,
-        TermKey, WorkloadPolicyKey,
+        self, CachedVerdict, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey,
+        TermBits, TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey,
     },
     redirect::{self, RemoteWorkload},
     socket::{self, SocketRecord},
@@ -77,6 +77,13 @@ pub enum Error {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("reading the map pinned at {}: {source}", path.display())]
+    PinnedMap {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+    #[error("parsing the eBPF object: {0}")]
+    Object(String),
     #[error("bug: the eBPF object has no {0}")]
     BugMissing(&'static str),
     #[error("{0}")]
@@ -123,7 +130,7 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    /// Records of connecting, accepted and bound sockets (`ZG_SOCKETS`).
+    /// Records of connecting and bound sockets (`ZG_SOCKETS`).
     pub fn sockets(&self) -> u32 {
         socket::capacity(self.connections, self.listeners)
     }
@@ -157,6 +164,8 @@ pub struct Maps {
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
     pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
+    /// Verdicts the programs remember (an LRU the kernel fills).
+    pub verdict_cache: HashMap<MapData, VerdictCacheKey, CachedVerdict>,
     pub policy: PolicyMaps,
 }
 
@@ -217,17 +226,27 @@ impl Datapath {
         loader.map_max_entries(conn::MAP, sizes.connections);
         loader.map_max_entries(listener::MAP, sizes.listeners);
         loader.map_max_entries(socket::MAP, sizes.sockets());
+        let stale = unpin_foreign_maps(&paths)?;
         // Links pinned without the maps they were loaded with (someone
-        // removed map pins): adopting them would leave old programs reading
-        // old maps while the agent writes new ones. Detach them; attach anew.
+        // removed map pins, or they were another build's): adopting them
+        // would leave old programs reading old maps while the agent writes
+        // new ones. Detach them; attach anew.
         let maps_pinned = [config::MAP, workload::MAP, policy::POLICY_SET_MAP]
             .iter()
             .all(|m| paths.maps().join(m).exists());
-        if !maps_pinned {
+        if !maps_pinned || stale {
+            let why = if stale {
+                "a map it was loaded with was replaced"
+            } else {
+                "its maps are no longer pinned"
+            };
             for (name, _) in PROGRAMS {
                 let pin = paths.link(name);
                 if pin.exists() {
-                    tracing::warn!(program = name, "its maps are no longer pinned: detaching it to attach it again with fresh maps");
+                    tracing::warn!(
+                        program = name,
+                        "{why}: detaching it to attach it again with fresh maps"
+                    );
                     unpin_link(&pin)?;
                 }
             }
@@ -389,6 +408,54 @@ fn retire_other_versions(paths: &Paths) -> Result<(), Error> {
     Ok(())
 }
 
+/// Remove the pins of maps whose layout is not the one this build's
+/// programs were compiled for — left by another build of the same ABI
+/// version (a development build, or an agent that failed to load its
+/// programs): adopting one would make the programs read its entries with
+/// the wrong key or value size. True if any was removed.
+fn unpin_foreign_maps(paths: &Paths) -> Result<bool, Error> {
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| Error::Object(e.to_string()))?;
+    let mut stale = false;
+    for (name, def) in &object.maps {
+        let pin = paths.maps().join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin).map_err(|source| Error::PinnedMap {
+            path: pin.clone(),
+            source,
+        })?;
+        let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let expected = (
+            def.map_type(),
+            def.key_size(),
+            def.value_size(),
+            def.map_flags(),
+        );
+        let found = (
+            pinned_type,
+            info.key_size(),
+            info.value_size(),
+            info.map_flags(),
+        );
+        if expected == found {
+            continue;
+        }
+        tracing::warn!(
+            map = %name,
+            pin = %pin.display(),
+            "a pinned map has another layout (type, key size, value size, flags {found:?}; this build needs {expected:?}): removing it, to create it anew"
+        );
+        fs::remove_file(&pin).map_err(|source| Error::Io {
+            op: "removing",
+            path: pin,
+            source,
+        })?;
+        stale = true;
+    }
+    Ok(stale)
+}
+
 /// Unpin (and so detach) every link under `root`, remove every map pin and
 /// the directories.
 fn remove_pins(root: &Path) -> Result<(), Error> {
@@ -527,6 +594,7 @@ impl Maps {
             sockets: take(ebpf, socket::MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,
+            verdict_cache: take(ebpf, policy::VERDICT_CACHE_MAP)?,
             policy: PolicyMaps {
                 workload_policy: take(ebpf, policy::WORKLOAD_POLICY_MAP)?,
                 sets: take(ebpf, policy::POLICY_SET_MAP)?,

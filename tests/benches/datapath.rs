@@ -1,5 +1,6 @@
 //! Datapath benchmarks (`cargo xtask bench`, as root): connection setup rate
-//! (connect + accept + close over loopback) without zgate and with zgate
+//! (connect + accept + close over loopback) without zgate (client and server
+//! each in a plain cgroup, as deep as zgate's workloads) and with zgate
 //! enforcing 1, 1 000 and 10 000 rules, as ratios from the same run; the
 //! latency from a policy file change to the kernel's new verdict; and,
 //! between two nodes joined by a veth pair, bulk throughput and
@@ -18,6 +19,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -55,6 +57,9 @@ fn setup_rate() {
         "connection setup rate over loopback: connect+accept+close, median of {RUNS} rounds of {ROUNDS} connections, the configurations interleaved"
     );
     let baseline = Node::bare("bench-baseline");
+    // Without zgate a workload still runs in a cgroup of its own (a pod
+    // does): the baseline's processes sit as deep as zgate's workloads.
+    let plain = PlainCgroups::new(&baseline);
     let mut nodes = Vec::new();
     for rules in [1usize, 1_000, 10_000] {
         let node = Node::start("bench-rules", &[("policy.yaml", &config(rules))]);
@@ -77,7 +82,7 @@ fn setup_rate() {
         }
         // Servers and clients inherit this process's CPU set.
         let _pinned = cpu.map(Pinned::to);
-        let _plain = serve(&baseline, addr);
+        let _plain = serve(plain.command(&baseline, "server"), addr);
         let _servers: Vec<_> = nodes
             .iter()
             .map(|(_, node)| node.server("bench", "server", &["app=server"], addr))
@@ -86,7 +91,7 @@ fn setup_rate() {
         // configuration alike.
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nodes.len() + 1];
         for _ in 0..RUNS {
-            let mut c = baseline.command(probe_bin());
+            let mut c = plain.command(&baseline, "client");
             c.args(["bench", addr, ROUNDS]);
             samples[0].push(rate_once(c));
             for (i, (_, node)) in nodes.iter().enumerate() {
@@ -178,7 +183,7 @@ fn tunnel() {
         &[],
     );
     let _mesh_server = b.server("bench", "server", &["app=server"], "10.99.8.20:8000");
-    let _plain_server = serve(&b, "10.99.8.2:9000");
+    let _plain_server = serve(b.command(probe_bin()), "10.99.8.2:9000");
     let plain = |mode: &str, arg: &str| {
         let mut c = a.command(probe_bin());
         c.args([mode, "10.99.8.2:9000", arg]);
@@ -324,10 +329,10 @@ fn config(rules: usize) -> String {
     y
 }
 
-/// A plain (not enrolled) server on `addr`; returns once it listens.
-fn serve(node: &Node, addr: &str) -> harness::Server {
-    let mut child = node
-        .command(probe_bin())
+/// A plain (not enrolled) server on `addr`, `probe` being the command that
+/// runs the probe; returns once it listens.
+fn serve(mut probe: Command, addr: &str) -> harness::Server {
+    let mut child = probe
         .args(["serve", addr])
         .process_group(0)
         .stdout(Stdio::piped())
@@ -338,6 +343,47 @@ fn serve(node: &Node, addr: &str) -> harness::Server {
         let _ = BufReader::new(out).read_line(&mut line);
     }
     harness::Server(child)
+}
+
+/// Cgroups with no program attached, as deep below the cgroup v2 mount as
+/// zgate's workloads (`<mount>/<instance>/workloads/<name>`); removed when
+/// dropped, once their processes are gone.
+struct PlainCgroups(PathBuf);
+
+impl PlainCgroups {
+    fn new(node: &Node) -> Self {
+        let Some(mount) = zgate::agent::cgroup2_mount() else {
+            panic!("no cgroup v2 mount");
+        };
+        let root = mount.join(format!("{}-plain", node.netns));
+        for name in ["server", "client"] {
+            let dir = root.join("workloads").join(name);
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        }
+        Self(root)
+    }
+
+    /// The probe, run by `node` inside the plain cgroup `name`.
+    fn command(&self, node: &Node, name: &str) -> Command {
+        let procs = self.0.join("workloads").join(name).join("cgroup.procs");
+        let mut c = node.command("sh");
+        c.arg("-c")
+            .arg(format!("echo $$ > {} && exec \"$@\"", procs.display()))
+            .arg("sh")
+            .arg(probe_bin());
+        c
+    }
+}
+
+impl Drop for PlainCgroups {
+    fn drop(&mut self) {
+        for name in ["server", "client"] {
+            let _ = std::fs::remove_dir(self.0.join("workloads").join(name));
+        }
+        let _ = std::fs::remove_dir(self.0.join("workloads"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// One run of the probe's `bench` mode: connections per second.

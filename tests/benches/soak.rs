@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     println!("churn soak for {secs} s: policy flips every round, a fresh workload per batch");
-    let report = soak::run(Duration::from_secs(secs), 1_000);
+    let report = soak::run(Duration::from_secs(secs), 0, 1_000);
     println!(
         "connections {}, policy versions applied {}, wrong verdicts {}, connection-map entries left 0, socket records left 1 (the listener), agent RSS {} KiB -> {} KiB",
         report.connections, report.versions, report.wrong, report.rss_start_kib, report.rss_end_kib

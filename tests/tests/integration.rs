@@ -8,7 +8,7 @@ mod multinode;
 mod node_security;
 mod soak;
 
-use harness::{Node, Outcome};
+use harness::{probe_bin, run_ok, Node, Outcome};
 use nix::sys::signal::Signal;
 use zgate_common::{
     event::{HOOK_ACCEPT, HOOK_CONNECT},
@@ -490,10 +490,8 @@ fn full_listener_map_refuses_the_bind() {
     let _a = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
     let _b = node.server("ambient-demo", "httpbin", &HTTPBIN, "127.0.0.1:8001");
     let mut third = node.workload("ambient-demo", "httpbin", &HTTPBIN);
-    third
-        .arg(harness::probe_bin())
-        .args(["serve", "127.0.0.1:8002"]);
-    let out = harness::run_ok(&mut third);
+    third.arg(probe_bin()).args(["serve", "127.0.0.1:8002"]);
+    let out = run_ok(&mut third);
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(line.contains("Operation not permitted"), "{line}");
     node.wait_log("a kernel map is full", 0);
@@ -534,12 +532,13 @@ fn full_connection_map_fails_closed() {
 /// What the kernel records for a workload's socket goes with the socket,
 /// not with the workload: after allowed, refused and bound-source
 /// connections from a workload that is still running, only the server's
-/// listener is left, and no connection identity.
+/// listener is left, and no connection identity. (Accepted sockets keep
+/// theirs in the socket itself, which the kernel frees with it.)
 #[test]
 fn socket_records_go_with_their_sockets() {
     let node = Node::start("socket_records", &[("demo.yaml", DEMO)]);
     let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
-    let probe = harness::probe_bin();
+    let probe = probe_bin();
     let probe = probe.display();
     // Bound first, the socket is also a learned listener until it goes.
     let script = format!(
@@ -560,7 +559,6 @@ fn socket_records_go_with_their_sockets() {
         Outcome::NotPermitted
     );
     assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
-    // Accepted sockets keep theirs until TCP_CLOSE, after the FIN exchange.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while node.map_entries("sockets") != 1 {
         assert!(
@@ -703,6 +701,104 @@ spec:
     assert!(check.contains("DENY (explicitly denied)"), "{check}");
 }
 
+/// Connections like one already decided take the verdict the kernel
+/// remembered (`ZG_VERDICT_CACHE`): each is still counted, and a policy
+/// update is never answered with a verdict of the generation before.
+#[test]
+fn remembered_verdicts_are_counted_and_follow_policy_updates() {
+    let node = Node::start("verdict_cache", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let tally = |sa: &str| {
+        let mut c = node.workload("ambient-demo", sa, &[]);
+        c.arg(probe_bin()).args(["tally", ADDR, "5"]);
+        String::from_utf8_lossy(&run_ok(&mut c).stdout).into_owned()
+    };
+    let sleep = tally("sleep");
+    assert!(sleep.contains(" connected=5 "), "{sleep}");
+    let other = tally("other");
+    assert!(other.contains(" not-permitted=5 "), "{other}");
+    let counts = node.verdict_counts();
+    let count = |reason: u8| -> u64 {
+        counts
+            .iter()
+            .filter(|(k, _)| k.reason == reason && k.hook == HOOK_CONNECT)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count(REASON_ALLOW_MATCHED), 5, "{counts:?}");
+    assert_eq!(count(REASON_NO_ALLOW_MATCHED), 5, "{counts:?}");
+    let status = node.zgate(&["status", "--json"]);
+    let cached = serde_json::from_str::<serde_json::Value>(&status)
+        .ok()
+        .and_then(|s| {
+            s["maps"]
+                .as_array()?
+                .iter()
+                .find(|m| m["map"] == "verdict cache")?["entries"]
+                .as_u64()
+        });
+    assert!(cached.is_some_and(|n| n >= 2), "{status}");
+
+    // One `sleep` process connecting in a loop, before and after an update
+    // that denies it: the same connection, a new generation.
+    let mut looping = node
+        .workload("ambient-demo", "sleep", &[])
+        .arg(probe_bin())
+        .args(["flip", ADDR, "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the probe");
+    let stdout = looping.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "start connected");
+    let applied = node.log().matches("policy applied").count();
+    node.write_config("deny.yaml", DENY_SLEEP);
+    node.wait_log("policy applied", applied);
+    let flip = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = looping.wait();
+    assert!(flip.starts_with("flip not-permitted "), "{flip}");
+}
+
+const DENY_SLEEP: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep, namespace: ambient-demo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/ambient-demo/sa/sleep]}
+"#;
+
+/// A map pinned by another build of the same ABI version (another key or
+/// value size) is not adopted: the agent removes it, creates it anew and
+/// attaches its programs again, and enforcement goes on.
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced() {
+    let mut node = Node::start("foreign_map", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    node.stop_agent(Signal::SIGKILL);
+    let maps = node
+        .bpffs_dir()
+        .join(format!("v{}/maps", zgate_common::ABI_VERSION));
+    // `ZG_TERMS` (12-byte keys, 8-byte values) pinned where the verdict
+    // cache belongs.
+    std::fs::rename(maps.join("ZG_TERMS"), maps.join("ZG_VERDICT_CACHE"))
+        .expect("re-pinning a map under another name");
+    restart_reattaching(&mut node, "a pinned map has another layout");
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", ADDR),
+        Outcome::NotPermitted
+    );
+}
+
 /// The config directory removed: the last good policy stays enforced and
 /// the error is logged; the directory back (with new content): it applies.
 #[test]
@@ -768,18 +864,7 @@ fn pins_removed_by_hand_are_restored() {
     );
 
     std::fs::remove_dir_all(root.join("maps")).expect("removing the map pins");
-    let before = node.log().len();
-    node.spawn_agent();
-    let restarted = node.log()[before..].to_owned();
-    assert!(
-        restarted.contains("maps are no longer pinned"),
-        "{restarted}"
-    );
-    assert_eq!(
-        restarted.matches("attached program").count(),
-        7,
-        "{restarted}"
-    );
+    let restarted = restart_reattaching(&mut node, "maps are no longer pinned");
     // The listener bound before the maps were lost is enforced again.
     assert!(
         restarted.contains("re-learned a listening socket"),
@@ -792,4 +877,19 @@ fn pins_removed_by_hand_are_restored() {
         node.connect_as("ambient-demo", "sleep", "127.0.0.1:8001"),
         Outcome::Connected
     );
+}
+
+/// Start the node's agent again, expecting it to say `why` and attach all
+/// seven programs anew (not adopt them); its log from this start.
+fn restart_reattaching(node: &mut Node, why: &str) -> String {
+    let before = node.log().len();
+    node.spawn_agent();
+    let restarted = node.log()[before..].to_owned();
+    assert!(restarted.contains(why), "{restarted}");
+    assert_eq!(
+        restarted.matches("attached program").count(),
+        7,
+        "{restarted}"
+    );
+    restarted
 }

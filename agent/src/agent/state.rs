@@ -20,7 +20,7 @@ use zgate_common::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
-    socket::{SocketRecord, FLAG_BOUND, KIND_ACCEPTED, KIND_BOUND},
+    socket::{SocketRecord, FLAG_BOUND, KIND_BOUND},
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
@@ -254,18 +254,12 @@ impl State {
                 proto: IPPROTO_TCP,
                 _pad: [0; 3],
             };
-            // The peer the agent delivered, or the one `sock_ops` recorded
-            // when this connection was accepted (its client may be gone).
+            // The peer the agent delivered, or the local workload `sock_ops`
+            // published: its entry lives as long as the client's socket,
+            // which an established connection still has (a closed client
+            // leaves the connection in CLOSE_WAIT, not listed here).
             let peer = maps.conn_peer.get(&key, 0).ok();
-            let accepted = maps
-                .sockets
-                .get(&sock.cookie(), 0)
-                .ok()
-                .filter(|r| r.kind == KIND_ACCEPTED);
-            let identity = peer
-                .map(|p| p.identity)
-                .or(accepted.map(|r| r.identity))
-                .unwrap_or(IDENTITY_NONE);
+            let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),
                 _ => sock.remote.ip(),
@@ -524,6 +518,11 @@ impl State {
                     "policy (6 maps)",
                     policy_entries,
                     sizes.policy_entries.saturating_mul(6),
+                ),
+                usage(
+                    "verdict cache",
+                    count(maps.verdict_cache.keys().count()),
+                    zgate_common::policy::VERDICT_CACHE_ENTRIES,
                 ),
                 usage(
                     "remote workloads",

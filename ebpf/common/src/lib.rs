@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -125,6 +125,8 @@ mod pod {
     unsafe impl aya::Pod for policy::IpBitsKey {}
     unsafe impl aya::Pod for policy::TermKey {}
     unsafe impl aya::Pod for policy::TermInfo {}
+    unsafe impl aya::Pod for policy::VerdictCacheKey {}
+    unsafe impl aya::Pod for policy::CachedVerdict {}
     unsafe impl aya::Pod for workload::Workload {}
     unsafe impl aya::Pod for redirect::RemoteWorkload {}
     unsafe impl aya::Pod for redirect::OrigDst {}

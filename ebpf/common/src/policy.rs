@@ -27,6 +27,9 @@ pub const IDENTITY_BITS_MAP: &str = "ZG_ID_BITS";
 pub const PORT_BITS_MAP: &str = "ZG_PORT_BITS";
 pub const IP_BITS_MAP: &str = "ZG_IP_BITS";
 pub const TERM_MAP: &str = "ZG_TERMS";
+pub const VERDICT_CACHE_MAP: &str = "ZG_VERDICT_CACHE";
+/// Verdicts remembered at once (an LRU: the least recently used go first).
+pub const VERDICT_CACHE_ENTRIES: u32 = 16_384;
 
 /// Identity 0 is "no identity": a plaintext connection.
 pub const IDENTITY_NONE: u32 = 0;
@@ -182,6 +185,63 @@ pub struct TermInfo {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<TermInfo>() == 8);
+
+/// Everything a verdict depends on: the policy generation, the destination
+/// workload and the connection as the hook sees it. A generation's policy
+/// maps never change once it is live — only bits for identities no
+/// connection has carried yet are added (`config::Config::generation`) — so
+/// the same key always gets the same verdict, and `ZG_VERDICT_CACHE` keeps
+/// it. A policy update is a new generation: older entries are never read
+/// again and age out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictCacheKey {
+    pub generation: u32,
+    pub workload: u32,
+    /// Source identity, `IDENTITY_NONE` for plaintext.
+    pub identity: u32,
+    pub dst_port: u16,
+    /// 0 at `connect()`, where `src` is not chosen yet (and left zero); 1 at
+    /// the accept side.
+    pub src_known: u8,
+    /// Of both addresses (`Addr::family`).
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<VerdictCacheKey>() == 48);
+
+/// `CachedVerdict::outcome`: the decision stands as `reason` says.
+pub const OUTCOME_DECIDED: u8 = 1;
+/// At `connect()` the policy depends on the source address, which is not
+/// chosen yet: the accept side decides.
+pub const OUTCOME_DEFER: u8 = 2;
+
+/// A verdict with its deciding policies resolved: all a hook needs to count
+/// it, log it and enforce it without the policy maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedVerdict {
+    /// `OUTCOME_*`.
+    pub outcome: u8,
+    /// `REASON_*` (`OUTCOME_DECIDED`).
+    pub reason: u8,
+    /// 1: dry-run ALLOW policies exist, no enforced ALLOW, none matched.
+    pub dry_run_no_allow: u8,
+    pub _pad: u8,
+    /// The deciding policy, `POLICY_NONE` when none decided.
+    pub policy: u32,
+    /// The policy of the first dry-run DENY that matched, `POLICY_NONE` if
+    /// none did.
+    pub dry_run_deny_policy: u32,
+}
+const _: () = assert!(size_of::<CachedVerdict>() == 12);
+
+impl CachedVerdict {
+    pub fn allowed(&self) -> bool {
+        matches!(self.reason, REASON_DEFAULT_ALLOW | REASON_ALLOW_MATCHED)
+    }
+}
 
 /// No term: `Decision::term` when no policy decided, `dry_run_deny` when no
 /// dry-run DENY matched.

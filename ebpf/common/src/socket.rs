@@ -1,5 +1,5 @@
 //! `ZG_SOCKETS`: socket cookie → what the kernel recorded about one socket
-//! of an enrolled workload. One map for every kind of socket, so
+//! of an enrolled workload. One map for connecting and bound sockets, so
 //! `sock_release` finds all there is to undo with a single look-up, and
 //! nothing is written for a socket that had nothing recorded.
 //!
@@ -9,22 +9,28 @@
 //!   the identity under the 5-tuple in `ZG_CONN_PEER` (and a captured
 //!   connection's original destination in `ZG_ORIG_DST`) and keeps the
 //!   5-tuple here; `sock_release` removes both.
-//! - An **accepted** socket: `sock_ops` (`PASSIVE_ESTABLISHED_CB`) records
-//!   the counters' key; at `TCP_CLOSE` its byte counts are added and the
-//!   record removed. Kept past `sock_release`, which comes before the FIN
-//!   exchange ends.
 //! - A **bound** socket: `post_bind4|6` records the bound address, whose
 //!   `ZG_LISTENERS` entry `sock_release` removes (it may not read the
 //!   address itself). A bound socket that then connects keeps it.
+//! - An **accepted** socket has no record here: its counters' key lives in
+//!   the socket's own storage ([`ACCEPTED_MAP`]).
 
 use crate::{conn::ConnKey, listener::ListenerKey};
 
 pub const MAP: &str = "ZG_SOCKETS";
 
+/// `ZG_ACCEPTED`: socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of each
+/// connection an enrolled workload accepted — its `stats::ConnStatsKey`,
+/// written by `sock_ops` at `PASSIVE_ESTABLISHED_CB` and read at
+/// `TCP_CLOSE`, when its byte counts are added. The kernel frees it with
+/// the socket: nothing removes it, and reaching it takes no look-up in a
+/// shared table. (Connecting sockets keep theirs in [`MAP`]: creating a
+/// socket's storage allocates, which costs `connect()` more than a hash
+/// insert does.)
+pub const ACCEPTED_MAP: &str = "ZG_ACCEPTED";
+
 /// `connect()` from an enrolled workload.
 pub const KIND_CONNECTING: u8 = 1;
-/// A connection an enrolled workload accepted.
-pub const KIND_ACCEPTED: u8 = 2;
 /// An address an enrolled workload bound.
 pub const KIND_BOUND: u8 = 3;
 
@@ -57,26 +63,25 @@ pub struct SocketRecord {
     /// `FLAG_*`.
     pub flags: u8,
     pub _pad: [u8; 2],
-    /// Connecting: the source workload's identity. Accepted: the peer's,
-    /// `policy::IDENTITY_NONE` for plaintext.
+    /// Connecting: the source workload's identity.
     pub identity: u32,
-    /// Connecting: the source workload. Accepted, bound: the workload that
-    /// owns the socket.
+    /// Connecting: the source workload. Bound: the workload that owns the
+    /// socket.
     pub workload: u32,
     /// Connecting only.
     pub approval: Approval,
     /// Connecting: the destination `connect()` judged (source unset), then
-    /// the 5-tuple once published. Accepted: the 5-tuple.
+    /// the 5-tuple once published.
     pub conn: ConnKey,
     /// `FLAG_BOUND`: the address and port this socket bound.
     pub bound: ListenerKey,
 }
 const _: () = assert!(size_of::<SocketRecord>() == 92);
 
-/// Records for `connections` connections (their connecting and accepted
-/// sockets) and `listeners` bound sockets.
+/// Records for `connections` connecting sockets and `listeners` bound
+/// ones.
 pub const fn capacity(connections: u32, listeners: u32) -> u32 {
-    connections.saturating_mul(2).saturating_add(listeners)
+    connections.saturating_add(listeners)
 }
 
 pub const MAX_ENTRIES: u32 = capacity(crate::conn::MAX_ENTRIES, crate::listener::MAX_ENTRIES);

@@ -19,12 +19,12 @@ use zgate_common::{
     conn::ConnKey,
     event::HOOK_BIND,
     listener::ListenerKey,
-    socket::{SocketRecord, FLAG_BOUND, KIND_ACCEPTED, KIND_BOUND},
+    socket::{SocketRecord, FLAG_BOUND, KIND_BOUND},
     Addr, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{LISTENERS, SOCKETS, WORKLOADS},
+    maps::{ACCEPTED, LISTENERS, SOCKETS, WORKLOADS},
     record::unpublish,
     verdict::{addr_v4, addr_v6, deny_map_full, generation, Subject},
 };
@@ -52,15 +52,19 @@ pub fn zg_post_bind6(ctx: SockContext) -> i32 {
 #[doc(alias = "BPF_CGROUP_INET_SOCK_RELEASE")]
 #[cgroup_sock(sock_release)]
 pub fn zg_sock_release(ctx: SockContext) -> i32 {
+    // An accepted connection has nothing to undo (and its byte counts come
+    // at `TCP_CLOSE`, after the FIN exchange): found in the socket itself,
+    // without a look-up in `ZG_SOCKETS`.
+    // SAFETY: a `cgroup/sock` program's context is the socket the helper
+    // takes.
+    if unsafe { ACCEPTED.get(ctx.as_ptr(), None) }.is_some() {
+        return PROCEED;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain Copy value, copied out at once.
     let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
         return PROCEED;
     };
-    // Its byte counts come at `TCP_CLOSE`, after the FIN exchange.
-    if record.kind == KIND_ACCEPTED {
-        return PROCEED;
-    }
     if record.flags & FLAG_BOUND != 0 {
         let _ = LISTENERS.remove(&record.bound);
     }

@@ -26,6 +26,7 @@ use zgate_common::{
     conn::ConnKey,
     event::HOOK_CONNECT,
     socket::{Approval, SocketRecord, FLAG_BOUND, FLAG_CAPTURED, KIND_CONNECTING},
+    workload::Workload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
@@ -86,16 +87,6 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
         src_known: false,
         generation: generation(),
     };
-    // What `sock_ops` publishes for the accept side once the source port is
-    // chosen, whatever the destination: a NAT or a wildcard listener may
-    // still deliver the connection to a workload on this node.
-    let mut record = SocketRecord {
-        kind: KIND_CONNECTING,
-        identity: source.identity,
-        workload: source.id,
-        conn: subject.conn,
-        ..SocketRecord::default()
-    };
     let local = listener(&dst, dst_port);
     subject.workload = local.unwrap_or(0);
     // Past the limit `sock_ops` could not publish this connection's
@@ -107,22 +98,23 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
         deny_map_full(&subject);
         return DENY;
     }
-    match local {
+    let (approval, flags) = match local {
         Some(workload) => match judge(&subject) {
             Verdict::Deny => return DENY,
-            Verdict::Allow => {
-                record.approval = Approval {
+            Verdict::Allow => (
+                Approval {
                     generation: subject.generation,
                     workload,
-                }
-            }
-            Verdict::Defer => {}
+                },
+                0,
+            ),
+            Verdict::Defer => (Approval::default(), 0),
         },
-        None if capture::<V6>(ctx, &dst) => record.flags = FLAG_CAPTURED,
-        None => {}
-    }
+        None if capture::<V6>(ctx, &dst) => (Approval::default(), FLAG_CAPTURED),
+        None => (Approval::default(), 0),
+    };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if !save(cookie, &record) {
+    if !save(cookie, &source, &approval, flags, &subject.conn) {
         // No record, no identity for the accept side, no original
         // destination for a captured connection: refuse it (EPERM) rather
         // than let it arrive, or leave, as plaintext.
@@ -132,12 +124,27 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
     ALLOW
 }
 
-/// Record a connecting socket. Most have no record yet; one that bound an
-/// address first keeps it, and one connecting again (after a failed
-/// attempt) first unpublishes the attempt before.
-#[inline(always)]
-fn save(cookie: u64, record: &SocketRecord) -> bool {
-    match SOCKETS.insert(&cookie, record, u64::from(BPF_NOEXIST)) {
+/// Record a connecting socket: what `sock_ops` publishes for the accept side
+/// once the source port is chosen, whatever the destination (a NAT or a
+/// wildcard listener may still deliver the connection to a workload on this
+/// node). Most sockets have no record yet; one that bound an address first
+/// keeps it, and one connecting again (after a failed attempt) first
+/// unpublishes the attempt before.
+///
+/// Out of line, a BPF subprogram beside `judge`: the hook's frame and
+/// either one's must fit the 512 bytes of stack a call chain may use.
+#[inline(never)]
+fn save(cookie: u64, source: &Workload, approval: &Approval, flags: u8, conn: &ConnKey) -> bool {
+    let record = SocketRecord {
+        kind: KIND_CONNECTING,
+        flags,
+        identity: source.identity,
+        workload: source.id,
+        approval: *approval,
+        conn: *conn,
+        ..SocketRecord::default()
+    };
+    match SOCKETS.insert(&cookie, &record, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(e) if e == -EEXIST => {
             let Some(old) = SOCKETS.get_ptr_mut(&cookie) else {
@@ -148,7 +155,7 @@ fn save(cookie: u64, record: &SocketRecord) -> bool {
             let old = unsafe { &mut *old };
             unpublish(old);
             let (flags, bound) = (old.flags & FLAG_BOUND, old.bound);
-            *old = *record;
+            *old = record;
             old.flags |= flags;
             old.bound = bound;
             true
@@ -160,8 +167,8 @@ fn save(cookie: u64, record: &SocketRecord) -> bool {
 /// Redirect a connection to a remote mesh workload to the agent's outbound
 /// listener; false when the destination is not one (or capture is off).
 /// The destination node takes the verdict, once the agent has carried the
-/// connection there over mTLS.
-#[inline(always)]
+/// connection there over mTLS. Out of line, like `save`.
+#[inline(never)]
 fn capture<const V6: bool>(ctx: &SockAddrContext, dst: &Addr) -> bool {
     // SAFETY: only presence is read.
     if unsafe { REMOTE.get(dst) }.is_none() {

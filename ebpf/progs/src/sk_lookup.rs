@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use zgate_common::{
-    config::GENERATION_NONE, conn::ConnKey, event::HOOK_ACCEPT, policy::IDENTITY_NONE, AF_INET,
-    AF_INET6, IPPROTO_TCP,
+    config::GENERATION_NONE, conn::ConnKey, event::HOOK_ACCEPT, policy::IDENTITY_NONE, Addr,
+    AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
@@ -34,45 +34,51 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     if lk.protocol != u32::from(IPPROTO_TCP) {
         return SK_PASS;
     }
-    let (src, dst) = match lk.family {
-        f if f == u32::from(AF_INET) => (addr_v4(lk.remote_ip4), addr_v4(lk.local_ip4)),
-        f if f == u32::from(AF_INET6) => (addr_v6(lk.remote_ip6), addr_v6(lk.local_ip6)),
-        _ => return SK_PASS,
-    };
-    let dst_port = lk.local_port as u16;
-    let Some(workload) = listener(&dst, dst_port) else {
-        return SK_PASS;
-    };
-    let conn = ConnKey {
-        src,
-        dst,
-        src_port: u16::from_be(lk.remote_port),
-        dst_port,
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
-    let generation = generation();
-    // SAFETY: a plain Copy value, copied out at once.
-    let peer = unsafe { CONN_PEER.get(&conn) }.copied();
     let mut subject = Subject {
         hook: HOOK_ACCEPT,
-        workload,
+        workload: 0,
         identity: IDENTITY_NONE,
-        conn,
+        conn: ConnKey {
+            src: Addr::default(),
+            dst: Addr::default(),
+            src_port: u16::from_be(lk.remote_port),
+            dst_port: lk.local_port as u16,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        },
         src_known: true,
-        generation,
+        generation: 0,
     };
-    if let Some(p) = peer {
+    // Written in place: one copy of the connection on this program's stack,
+    // which `judge`'s frame shares the 512 bytes of.
+    match lk.family {
+        f if f == u32::from(AF_INET) => {
+            subject.conn.src = addr_v4(lk.remote_ip4);
+            subject.conn.dst = addr_v4(lk.local_ip4);
+        }
+        f if f == u32::from(AF_INET6) => {
+            subject.conn.src = addr_v6(lk.remote_ip6);
+            subject.conn.dst = addr_v6(lk.local_ip6);
+        }
+        _ => return SK_PASS,
+    }
+    let Some(workload) = listener(&subject.conn.dst, subject.conn.dst_port) else {
+        return SK_PASS;
+    };
+    subject.workload = workload;
+    subject.generation = generation();
+    // SAFETY: read in place; the entry stays valid for this run (RCU).
+    if let Some(p) = unsafe { CONN_PEER.get(&subject.conn) } {
+        // Between workloads on this node `connect()` already decided, with
+        // both identities and this generation's policy of this workload.
+        let approved = p.approval.generation != GENERATION_NONE
+            && p.approval.generation == subject.generation
+            && p.approval.workload == workload;
         subject.identity = p.identity;
         if p.original_src.family != 0 {
             subject.conn.src = p.original_src;
         }
-        // Between workloads on this node `connect()` already decided, with
-        // both identities and this generation's policy of this workload.
-        if p.approval.generation != GENERATION_NONE
-            && p.approval.generation == generation
-            && p.approval.workload == workload
-        {
+        if approved {
             count_connection(&subject, true);
             return SK_PASS;
         }

@@ -1,6 +1,7 @@
 //! `sock_ops`: publishes the identity of enrolled workloads' outgoing
 //! connections under their 5-tuple, for the accept side on this node, and
-//! counts the bytes of connections enrolled workloads accepted.
+//! counts the bytes of connections enrolled workloads accepted (their
+//! counters' key kept in the socket's own storage, `ZG_ACCEPTED`).
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
 //! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
@@ -14,6 +15,8 @@
 //!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
@@ -29,19 +32,19 @@ use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
     policy::IDENTITY_NONE,
     redirect::OrigDst,
-    socket::{
-        Approval, SocketRecord, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_ACCEPTED, KIND_CONNECTING,
-    },
+    socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
     stats::ConnStatsKey,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONN_PEER, ORIG_DST, SOCKETS},
+    maps::{ACCEPTED, CONN_PEER, ORIG_DST, SOCKETS},
     record::add_conn_count,
     verdict::{addr_v4, addr_v6, count_close, listener},
 };
 
+/// Each callback is a BPF subprogram of its own (`inline(never)`), so the
+/// stack a call chain uses is that one callback's, not all of theirs.
 #[sock_ops]
 pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
@@ -54,7 +57,7 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-#[inline(always)]
+#[inline(never)]
 fn on_connect(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // The connecting workload, as `connect4|6` saw it (`sock_ops` may not
@@ -108,7 +111,7 @@ fn on_connect(ctx: &SockOpsContext) {
 
 /// An accepted connection to an enrolled workload: remember whose it is, so
 /// its byte counts are added to the Istio TCP metrics when it closes.
-#[inline(always)]
+#[inline(never)]
 fn on_accepted(ctx: &SockOpsContext) {
     let Some(key) = conn_key(ctx) else {
         return;
@@ -126,40 +129,41 @@ fn on_accepted(ctx: &SockOpsContext) {
     };
     // SAFETY: a plain Copy value, copied out at once.
     let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
-    let record = SocketRecord {
-        kind: KIND_ACCEPTED,
-        identity,
-        workload,
-        conn: inbound,
-        ..SocketRecord::default()
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let stats = ConnStatsKey { identity, workload };
+    let sk = socket(ctx);
+    if sk.is_null() {
+        return;
+    }
     // No room: this connection's close goes uncounted; nothing else
     // depends on the record.
-    if SOCKETS.insert(&cookie, &record, 0).is_ok()
-        && ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_err()
-    {
-        // No close callback would ever remove it.
-        let _ = SOCKETS.remove(&cookie);
+    // SAFETY: `bpf_sock_ops.sk`, checked for null, is what the helper takes.
+    if unsafe { ACCEPTED.get(sk, Some(&stats)) }.is_some() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }
 }
 
-/// An accepted connection closed: add its byte counts, drop its record.
-#[inline(always)]
+/// An accepted connection closed: add its byte counts.
+#[inline(never)]
 fn on_accepted_close(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain Copy value, copied out at once.
-    let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    let sk = socket(ctx);
+    if sk.is_null() {
         return;
-    };
-    let _ = SOCKETS.remove(&cookie);
-    let stats = ConnStatsKey {
-        identity: record.identity,
-        workload: record.workload,
+    }
+    // SAFETY: as in `on_accepted`.
+    let Some(stats) = (unsafe { ACCEPTED.get(sk, None) }).copied() else {
+        return;
     };
     // SAFETY: the context pointer is valid for the program's run.
     let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
     count_close(&stats, sent, received);
+}
+
+/// The callback's socket (`bpf_sock_ops.sk`; null if not a full socket,
+/// which the verifier makes every caller check).
+#[inline(always)]
+fn socket(ctx: &SockOpsContext) -> *mut c_void {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast()
 }
 
 /// The connection as its destination sees it: source = our local end.

@@ -1,5 +1,6 @@
-//! The verdict shared by the connect and accept hooks: at most eleven map
-//! look-ups, whatever the number of policies (`zgate_common::policy`).
+//! The verdict shared by the connect and accept hooks: one look-up in the
+//! verdict cache, or at most eight in the policy maps, whatever the number
+//! of policies (`zgate_common::policy`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use zgate_common::{
@@ -7,9 +8,10 @@ use zgate_common::{
     event::{self, VerdictEvent, HOOK_ACCEPT},
     listener::ListenerKey,
     policy::{
-        decide, ip_key, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits, TermKey,
-        WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE, IP_KEY_FIXED_BITS, NO_TERM,
-        POLICY_NONE, REASON_MAP_FULL, REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
+        decide, ip_key, CachedVerdict, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits,
+        TermKey, VerdictCacheKey, WorkloadPolicyKey, DIM_DST_IP, DIM_SRC_IP, IDENTITY_NONE,
+        IP_KEY_FIXED_BITS, NO_TERM, OUTCOME_DECIDED, OUTCOME_DEFER, POLICY_NONE, REASON_MAP_FULL,
+        REASON_NO_POLICY, SET_SRC_IP_SENSITIVE,
     },
     stats::{ConnStats, ConnStatsKey, VerdictKey},
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
@@ -17,7 +19,7 @@ use zgate_common::{
 
 use crate::maps::{
     CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS,
-    PORT_BITS, TERMS, VERDICTS, WL_POLICY,
+    PORT_BITS, TERMS, VERDICTS, VERDICT_CACHE, WL_POLICY,
 };
 
 /// A connection to an enrolled workload, as one hook sees it.
@@ -46,6 +48,20 @@ pub enum Verdict {
 /// address, then the family's wildcard, then (for IPv4) a dual-stack `[::]`.
 #[inline(always)]
 pub fn listener(addr: &Addr, port: u16) -> Option<u32> {
+    match listener_id(addr, port) {
+        NO_WORKLOAD => None,
+        id => Some(id),
+    }
+}
+
+/// Workload ids start at 1.
+const NO_WORKLOAD: u32 = 0;
+
+/// [`listener`]'s look-ups, `NO_WORKLOAD` for none. Out of line, a BPF
+/// subprogram: its key's stack space is then not part of every hook's frame
+/// (a call chain may use 512 bytes of stack in all).
+#[inline(never)]
+fn listener_id(addr: &Addr, port: u16) -> u32 {
     let mut key = ListenerKey {
         addr: *addr,
         port,
@@ -54,19 +70,19 @@ pub fn listener(addr: &Addr, port: u16) -> Option<u32> {
     };
     // SAFETY: values are plain u32s, copied out before any map update.
     if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-        return Some(*wl);
+        return *wl;
     }
     key.addr = Addr::any(addr.family);
     if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-        return Some(*wl);
+        return *wl;
     }
     if addr.family == AF_INET {
         key.addr = Addr::any(AF_INET6);
         if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-            return Some(*wl);
+            return *wl;
         }
     }
-    None
+    NO_WORKLOAD
 }
 
 /// The live policy generation, read once per verdict so every look-up of
@@ -76,31 +92,86 @@ pub fn generation() -> u32 {
     CONFIG.get(0).map_or(0, |c| c.generation)
 }
 
-#[inline(always)]
+/// The verdict for a connection: remembered from an earlier connection with
+/// the same key under this generation (`ZG_VERDICT_CACHE`), or taken from
+/// the policy maps and remembered. Either way it is counted, and logged as
+/// the policy maps' verdict would be.
+///
+/// Out of line, a BPF subprogram: each hook's own keys and the verdict's
+/// would not fit one 512-byte stack frame together.
+#[inline(never)]
 pub fn judge(subject: &Subject) -> Verdict {
+    let key = VerdictCacheKey {
+        generation: subject.generation,
+        workload: subject.workload,
+        identity: subject.identity,
+        dst_port: subject.conn.dst_port,
+        src_known: u8::from(subject.src_known),
+        family: subject.conn.dst.family,
+        src: if subject.src_known {
+            subject.conn.src.bytes
+        } else {
+            [0; 16]
+        },
+        dst: subject.conn.dst.bytes,
+    };
+    // SAFETY: a plain Copy value, copied out at once.
+    let verdict = match unsafe { VERDICT_CACHE.get(&key) } {
+        Some(v) => *v,
+        None => {
+            let mut v = CachedVerdict::default();
+            if !evaluate(subject, &mut v) {
+                return deny_unconfigured(subject, subject.generation);
+            }
+            // No room to remember it: the next connection evaluates again.
+            let _ = VERDICT_CACHE.insert(&key, &v, 0);
+            v
+        }
+    };
+    enforce(subject, &verdict)
+}
+
+/// The policy maps' verdict, into `out`: at most eight look-ups. False: the
+/// workload has no compiled policy in this generation (fail closed, never
+/// cached). Out of line: its keys' stack space is then not in `judge`'s
+/// frame, on every hook's path (6.1's verifier rounds each frame of a call
+/// chain up to 32 bytes, and the chain may use 512).
+#[inline(never)]
+fn evaluate(subject: &Subject, out: &mut CachedVerdict) -> bool {
+    match evaluated(subject) {
+        Some(v) => {
+            *out = v;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn evaluated(subject: &Subject) -> Option<CachedVerdict> {
     let generation = subject.generation;
-    let set_id = match unsafe {
+    let set_id = *unsafe {
         WL_POLICY.get(&WorkloadPolicyKey {
             generation,
             workload: subject.workload,
         })
-    } {
-        Some(s) => *s,
-        None => return deny_unconfigured(subject, generation),
-    };
+    }?;
     // SAFETY: the agent replaces a generation only after flipping CONFIG, and
     // deletes an old one only after that; a value read here stays valid for
     // the rest of this program run (RCU).
-    let Some(set) = (unsafe {
+    let set = unsafe {
         POLICY_SETS.get(&PolicySetKey {
             generation,
             set: set_id,
         })
-    }) else {
-        return deny_unconfigured(subject, generation);
-    };
+    }?;
     if !subject.src_known && set.flags & SET_SRC_IP_SENSITIVE != 0 {
-        return Verdict::Defer;
+        return Some(CachedVerdict {
+            outcome: OUTCOME_DEFER,
+            policy: POLICY_NONE,
+            dry_run_deny_policy: POLICY_NONE,
+            ..CachedVerdict::default()
+        });
     }
     let identity = if subject.identity == IDENTITY_NONE {
         &set.identity_plaintext
@@ -120,59 +191,68 @@ pub fn judge(subject: &Subject) -> Verdict {
         _pad: [0; 2],
     };
     let port = unsafe { PORT_BITS.get(&port_key) }.unwrap_or(&set.port_default);
-    let src_bits = address_bits(
+    let src = address_bits(
         generation,
         set_id,
         DIM_SRC_IP,
         &subject.conn.src,
         subject.src_known,
-    );
-    let Some(src) = src_bits else {
-        return deny_unconfigured(subject, generation);
-    };
-    let Some(dst) = address_bits(generation, set_id, DIM_DST_IP, &subject.conn.dst, true) else {
-        return deny_unconfigured(subject, generation);
-    };
+    )?;
+    let dst = address_bits(generation, set_id, DIM_DST_IP, &subject.conn.dst, true)?;
     let decision = decide(set, identity, port, src, dst);
-    // `NO_TERM` has no `ZG_TERMS` entry: POLICY_NONE.
-    let decider = term_policy(generation, set_id, decision.term);
-    count(decider, decision.reason, subject.hook);
-    count_connection(subject, decision.allowed());
-    if decision.dry_run_deny != NO_TERM {
-        let policy = term_policy(generation, set_id, decision.dry_run_deny);
+    Some(CachedVerdict {
+        outcome: OUTCOME_DECIDED,
+        reason: decision.reason,
+        dry_run_no_allow: u8::from(decision.dry_run_no_allow),
+        _pad: 0,
+        policy: term_policy(generation, set_id, decision.term),
+        dry_run_deny_policy: term_policy(generation, set_id, decision.dry_run_deny),
+    })
+}
+
+/// Count a verdict, emit its events, and say what the hook must do.
+#[inline(always)]
+fn enforce(subject: &Subject, verdict: &CachedVerdict) -> Verdict {
+    if verdict.outcome == OUTCOME_DEFER {
+        return Verdict::Defer;
+    }
+    let generation = subject.generation;
+    count(verdict.policy, verdict.reason, subject.hook);
+    count_connection(subject, verdict.allowed());
+    if verdict.dry_run_deny_policy != POLICY_NONE {
         emit(
             subject,
             generation,
             event::KIND_DRY_RUN_DENY_MATCH,
-            decision.reason,
-            policy,
+            verdict.reason,
+            verdict.dry_run_deny_policy,
         );
     }
-    if decision.dry_run_no_allow {
+    if verdict.dry_run_no_allow != 0 {
         emit(
             subject,
             generation,
             event::KIND_DRY_RUN_NO_ALLOW,
-            decision.reason,
+            verdict.reason,
             POLICY_NONE,
         );
     }
-    if decision.allowed() {
+    if verdict.allowed() {
         return Verdict::Allow;
     }
     emit(
         subject,
         generation,
         event::KIND_DENY,
-        decision.reason,
-        decider,
+        verdict.reason,
+        verdict.policy,
     );
     Verdict::Deny
 }
 
 /// Istio's TCP metrics: a connection the destination allowed is opened
 /// once it passes the accept side; a denial counts wherever it happened.
-#[inline(always)]
+#[inline(never)]
 pub fn count_connection(subject: &Subject, allowed: bool) {
     if allowed && subject.hook != HOOK_ACCEPT {
         return;
@@ -181,10 +261,14 @@ pub fn count_connection(subject: &Subject, allowed: bool) {
         identity: subject.identity,
         workload: subject.workload,
     };
+    // Every field spelled out: a `..Default::default()` here becomes a call
+    // to `memset`, one frame deeper than 6.1's verifier lets this chain go.
     let one = ConnStats {
         opened: u64::from(allowed),
         denied: u64::from(!allowed),
-        ..ConnStats::default()
+        closed: 0,
+        sent_bytes: 0,
+        received_bytes: 0,
     };
     match CONN_STATS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value: no other program touches it concurrently.
@@ -199,13 +283,14 @@ pub fn count_connection(subject: &Subject, allowed: bool) {
 }
 
 /// At close, add an accepted connection's byte counts to its counters.
-#[inline(always)]
+#[inline(never)]
 pub fn count_close(key: &ConnStatsKey, sent: u64, received: u64) {
     let one = ConnStats {
+        opened: 0,
+        denied: 0,
         closed: 1,
         sent_bytes: sent,
         received_bytes: received,
-        ..ConnStats::default()
     };
     match CONN_STATS.get_ptr_mut(key) {
         // SAFETY: a per-CPU value: no other program touches it concurrently.
@@ -221,7 +306,7 @@ pub fn count_close(key: &ConnStatsKey, sent: u64, received: u64) {
 }
 
 /// Refuse, fail closed, because a map the verdict needs is full.
-#[inline(always)]
+#[inline(never)]
 pub fn deny_map_full(subject: &Subject) -> Verdict {
     count(POLICY_NONE, REASON_MAP_FULL, subject.hook);
     emit(
@@ -276,6 +361,9 @@ fn address_bits(
 
 #[inline(always)]
 fn term_policy(generation: u32, set: u32, term: u32) -> u32 {
+    if term == NO_TERM {
+        return POLICY_NONE;
+    }
     let key = TermKey {
         generation,
         set,
@@ -289,7 +377,7 @@ fn term_policy(generation: u32, set: u32, term: u32) -> u32 {
 
 /// An enrolled workload with no compiled policy: the window before the first
 /// policy generation, or a missing entry. Fail closed.
-#[inline(always)]
+#[inline(never)]
 fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
     count(POLICY_NONE, REASON_NO_POLICY, subject.hook);
     emit(
@@ -302,7 +390,9 @@ fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
     Verdict::Deny
 }
 
-#[inline(always)]
+/// Out of line: the events are the uncommon path, and one copy of the
+/// event's stack space serves every caller.
+#[inline(never)]
 fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
     let Some(mut entry) = EVENTS.reserve::<VerdictEvent>(0) else {
         // Ring full: the verdict stands (and is counted); the event is lost,
