@@ -5,7 +5,10 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC,
+        BPF_SK_STORAGE_GET_F_CREATE,
+    },
     helpers::generated::bpf_sk_storage_get,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -41,7 +44,8 @@ pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_
 /// Allocated per entry (`BPF_F_NO_PREALLOC`), like `ZG_SOCKETS`; its
 /// capacity still bounds it, and a full map fails closed.
 #[map(name = "ZG_CONN_PEER")]
-pub static CONN_PEER: HashMap<ConnKey, ConnPeer> = HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
+    HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Entries only for live sockets (`BPF_F_NO_PREALLOC`): sized for every
 /// connection and listener, most of it is usually unused, and an element
@@ -86,7 +90,7 @@ pub static IP_BITS: LpmTrie<IpBitsKey, TermBits> = LpmTrie::pinned(POLICY_DEFAUL
 pub static TERMS: HashMap<TermKey, TermInfo> = HashMap::pinned(POLICY_DEFAULT_ENTRIES, 0);
 
 /// Verdicts already taken (`zgate_common::policy::VerdictCacheKey`): one
-/// look-up instead of the policy maps' seven for a connection like one seen
+/// look-up instead of the policy maps' eight for a connection like one seen
 /// before under the same generation. Per-CPU LRU lists, so an insert takes
 /// no lock another CPU contends for.
 #[map(name = "ZG_VERDICT_CACHE")]
@@ -150,11 +154,15 @@ impl<V> SocketStorage<V> {
     #[inline(always)]
     pub unsafe fn get(&self, sk: *mut c_void, init: Option<&V>) -> Option<&'static mut V> {
         let (value, flags) = match init {
-            Some(v) => (ptr::from_ref(v).cast_mut().cast(), 1),
+            Some(v) => (
+                ptr::from_ref(v).cast_mut().cast(),
+                u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+            ),
             None => (ptr::null_mut(), 0),
         };
         // SAFETY: `self` is a map of this type; the caller vouches for `sk`.
-        let found = unsafe { bpf_sk_storage_get(ptr::from_ref(self).cast_mut().cast(), sk, value, flags) };
+        let found =
+            unsafe { bpf_sk_storage_get(ptr::from_ref(self).cast_mut().cast(), sk, value, flags) };
         // SAFETY: a value of this map, valid while the socket lives, which
         // is longer than the program runs.
         unsafe { found.cast::<V>().as_mut() }

@@ -147,6 +147,7 @@ fn evaluate(subject: &Subject, out: &mut CachedVerdict) -> bool {
     }
 }
 
+/// [`evaluate`]'s body, where `?` can stop at the first missing entry.
 #[inline(always)]
 fn evaluated(subject: &Subject) -> Option<CachedVerdict> {
     let generation = subject.generation;
