@@ -135,6 +135,20 @@ impl MapSizes {
         socket::capacity(self.connections, self.listeners)
     }
 
+    /// `ZG_CONN_PEER`'s capacity: the connections, and the closed ones that
+    /// linger (`zgate_common::conn`) on each possible CPU.
+    pub fn conn_peer_entries(&self) -> Result<u32, Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| Error::Io {
+            op: "reading the possible CPUs from",
+            path: path.into(),
+            source,
+        })?;
+        let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+        Ok(self
+            .connections
+            .saturating_add(conn::lingering_capacity(cpus)))
+    }
+
     /// `Config::conn_limit`: connection capacity less the agent's reserve.
     pub fn conn_limit(&self) -> u32 {
         self.connections.saturating_sub(conn::RESERVED)
@@ -223,7 +237,7 @@ impl Datapath {
         ] {
             loader.map_max_entries(name, sizes.policy_entries);
         }
-        loader.map_max_entries(conn::MAP, sizes.connections);
+        loader.map_max_entries(conn::MAP, sizes.conn_peer_entries()?);
         loader.map_max_entries(listener::MAP, sizes.listeners);
         loader.map_max_entries(socket::MAP, sizes.sockets());
         let stale = unpin_foreign_maps(&paths)?;

@@ -190,7 +190,17 @@ impl Node {
         zgate::bpf::pinned_verdict_counts(&paths).expect("reading ZG_VERDICTS")
     }
 
-    /// Entries in this node's (`ZG_ORIG_DST`, `ZG_CONN_PEER`).
+    /// The kernel's count of verdicts for `reason` taken at `hook`, over
+    /// every policy.
+    pub fn verdicts(&self, reason: u8, hook: u8) -> u64 {
+        self.verdict_counts()
+            .iter()
+            .filter(|(k, _)| k.reason == reason && k.hook == hook)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Entries in this node's (`ZG_ORIG_DST`, open `ZG_CONN_PEER`).
     pub fn connection_entries(&self) -> (usize, usize) {
         let paths = zgate::bpf::Paths::new(Path::new("/sys/fs/bpf"), &self.netns);
         zgate::bpf::ConnTable::open(&paths)
@@ -247,7 +257,10 @@ impl Node {
             .spawn()
             .expect("starting zgate agent");
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A hang guard, not a startup-time target: under the VM stage's
+        // emulated CPU the verifier alone takes ~12 s, and a restart on a
+        // large config more.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while self.log().matches("zgate agent ready").count() == ready {
             if let Some(status) = self
                 .agent

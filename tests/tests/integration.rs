@@ -46,13 +46,7 @@ fn allow_sleep_to_httpbin() {
     // accept side honoured the allow `connect()` took between workloads on
     // this node, and decided the plaintext connection itself.
     let counts = node.verdict_counts();
-    let count = |reason: u8, hook: u8| -> u64 {
-        counts
-            .iter()
-            .filter(|(k, _)| k.reason == reason && k.hook == hook)
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let count = |reason: u8, hook: u8| node.verdicts(reason, hook);
     assert_eq!(count(REASON_ALLOW_MATCHED, HOOK_CONNECT), 1, "{counts:?}");
     assert_eq!(count(REASON_ALLOW_MATCHED, HOOK_ACCEPT), 0, "{counts:?}");
     assert_eq!(
@@ -61,6 +55,52 @@ fn allow_sleep_to_httpbin() {
         "{counts:?}"
     );
     assert_eq!(count(REASON_NO_ALLOW_MATCHED, HOOK_ACCEPT), 1, "{counts:?}");
+}
+
+/// `sk_lookup` runs for any segment that finds no socket, not only for
+/// SYNs. A connection's trailing segment arriving after both its sockets
+/// are gone is not reported as a plaintext connection (the 5-tuple's entry
+/// lingers, closed: `zgate_common::conn`); the same segment on a 5-tuple
+/// no connection had is judged and reported, as plaintext.
+#[test]
+fn trailing_segments_of_a_closed_connection_are_not_reported() {
+    let node = Node::start("trailing_segments", &[("demo.yaml", DEMO)]);
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let mut reset = node.workload("ambient-demo", "sleep", &[]);
+    reset.arg(probe_bin()).args(["reset", ADDR]);
+    let out = String::from_utf8_lossy(&run_ok(&mut reset).stdout).into_owned();
+    let port: u16 = out
+        .trim()
+        .strip_prefix("reset ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("reset: {out}\n{}", node.log()));
+    let segment = |port: u16| {
+        let mut c = node.command(probe_bin());
+        c.args(["segment", ADDR, &port.to_string()]);
+        let out = run_ok(&mut c);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
+    };
+    segment(port);
+    let unused = if port == 40_000 { 40_001 } else { 40_000 };
+    segment(unused);
+    // Events arrive in order: once the second is logged, the first would be.
+    node.wait_log(&format!("src.addr=127.0.0.1:{unused} "), 0);
+    let log = node.log();
+    assert!(
+        !log.contains(&format!("src.addr=127.0.0.1:{port} ")),
+        "{log}"
+    );
+    let counts = node.verdict_counts();
+    assert_eq!(
+        node.verdicts(REASON_ALLOW_MATCHED, HOOK_CONNECT),
+        1,
+        "{counts:?}"
+    );
+    assert_eq!(
+        node.verdicts(REASON_NO_ALLOW_MATCHED, HOOK_ACCEPT),
+        1,
+        "{counts:?}"
+    );
 }
 
 /// The same over IPv6.
@@ -532,8 +572,9 @@ fn full_connection_map_fails_closed() {
 /// What the kernel records for a workload's socket goes with the socket,
 /// not with the workload: after allowed, refused and bound-source
 /// connections from a workload that is still running, only the server's
-/// listener is left, and no connection identity. (Accepted sockets keep
-/// theirs in the socket itself, which the kernel frees with it.)
+/// listener is left, and no open connection identity (closed ones linger
+/// a while, `zgate_common::conn`). (Accepted sockets keep theirs in the
+/// socket itself, which the kernel frees with it.)
 #[test]
 fn socket_records_go_with_their_sockets() {
     let node = Node::start("socket_records", &[("demo.yaml", DEMO)]);
@@ -718,13 +759,7 @@ fn remembered_verdicts_are_counted_and_follow_policy_updates() {
     let other = tally("other");
     assert!(other.contains(" not-permitted=5 "), "{other}");
     let counts = node.verdict_counts();
-    let count = |reason: u8| -> u64 {
-        counts
-            .iter()
-            .filter(|(k, _)| k.reason == reason && k.hook == HOOK_CONNECT)
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let count = |reason: u8| node.verdicts(reason, HOOK_CONNECT);
     assert_eq!(count(REASON_ALLOW_MATCHED), 5, "{counts:?}");
     assert_eq!(count(REASON_NO_ALLOW_MATCHED), 5, "{counts:?}");
     let status = node.zgate(&["status", "--json"]);

@@ -45,7 +45,10 @@ pub(super) struct Inbound {
     pub identities: Mutex<HashMap<SpiffeId, u32>>,
 }
 
-/// A delivered connection; its `ZG_CONN_PEER` entry lives as long as it.
+/// Source ports `deliver` passes over before it gives up on a connection.
+const MAX_PASSED_OVER: usize = 8;
+
+/// A delivered connection; its `ZG_CONN_PEER` entry is open as long as it.
 struct Upstream {
     stream: TcpStream,
     _peer: PeerEntry,
@@ -114,30 +117,44 @@ impl Inbound {
             tracing::warn!(dst.addr = %target, "hbone: cannot open the delivery socket: {e}");
             Reject::Unavailable
         };
-        let socket = match target {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(unavailable)?;
-        socket
-            .bind(SocketAddr::new(target.ip(), 0))
+        // A port whose 5-tuple a workload's closed connection still holds
+        // is kept bound (so the next bind picks another) and passed over.
+        let mut passed_over = Vec::new();
+        let (socket, peer) = loop {
+            let socket = match target {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            }
             .map_err(unavailable)?;
-        let bound = socket.local_addr().map_err(unavailable)?;
-        let key = ConnKey {
-            src: Addr::from(bound.ip()),
-            dst: Addr::from(target.ip()),
-            src_port: bound.port(),
-            dst_port: target.port(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
+            socket
+                .bind(SocketAddr::new(target.ip(), 0))
+                .map_err(unavailable)?;
+            let bound = socket.local_addr().map_err(unavailable)?;
+            let key = ConnKey {
+                src: Addr::from(bound.ip()),
+                dst: Addr::from(target.ip()),
+                src_port: bound.port(),
+                dst_port: target.port(),
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            let registered = self
+                .table
+                .register_peer(key, identity, Addr::from(hbone_peer))
+                .map_err(|e| {
+                    tracing::error!(dst.addr = %target, "hbone: cannot record the peer, refusing: {e}");
+                    Reject::Unavailable
+                })?;
+            match registered {
+                Some(peer) => break (socket, peer),
+                None if passed_over.len() < MAX_PASSED_OVER => passed_over.push(socket),
+                None => {
+                    tracing::warn!(dst.addr = %target, "hbone: no source port free of lingering connections");
+                    return Err(Reject::Unavailable);
+                }
+            }
         };
-        let peer = self
-            .table
-            .register_peer(key, identity, Addr::from(hbone_peer))
-            .map_err(|e| {
-                tracing::error!(dst.addr = %target, "hbone: cannot record the peer, refusing: {e}");
-                Reject::Unavailable
-            })?;
+        drop(passed_over);
         match socket.connect(target).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);

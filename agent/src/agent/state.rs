@@ -258,7 +258,12 @@ impl State {
             // published: its entry lives as long as the client's socket,
             // which an established connection still has (a closed client
             // leaves the connection in CLOSE_WAIT, not listed here).
-            let peer = maps.conn_peer.get(&key, 0).ok();
+            // A closed entry that lingers vouches for no one.
+            let peer = maps
+                .conn_peer
+                .get(&key, 0)
+                .ok()
+                .filter(|p| p.live_identity().is_some());
             let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),

@@ -12,11 +12,14 @@
 //! serialized with policy generations — interning a new peer identity and
 //! writing its policy bits — still goes through the state task.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use zgate_common::{
-    conn::{self, ConnKey, ConnPeer, ORIGIN_AGENT},
+    conn::{self, ConnKey, ConnPeer, AGENT_LINGER, ORIGIN_AGENT, STATE_CLOSED, STATE_OPEN},
     redirect::{self, OrigDst},
     socket::Approval,
     Addr,
@@ -32,13 +35,19 @@ pub struct ConnTable {
 struct Handles {
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
+    /// `ConnPeer::owner` of the next registered connection.
+    next_owner: u64,
+    /// Closed entries still lingering (`zgate_common::conn`), oldest first.
+    closed: VecDeque<(ConnKey, u64)>,
 }
 
-/// A `ZG_CONN_PEER` entry that lives as long as this value: dropping it
-/// (the relayed connection closed, or never opened) removes the entry.
+/// A `ZG_CONN_PEER` entry that is open as long as this value: dropping it
+/// (the relayed connection closed, or never opened) closes the entry, which
+/// lingers for the connection's trailing segments.
 pub struct PeerEntry {
     table: Arc<ConnTable>,
     key: ConnKey,
+    owner: u64,
 }
 
 // === impl ConnTable ===
@@ -50,6 +59,8 @@ impl ConnTable {
             maps: Mutex::new(Handles {
                 orig_dst: open(paths, redirect::ORIG_DST_MAP)?,
                 conn_peer: open(paths, conn::MAP)?,
+                next_owner: 1,
+                closed: VecDeque::new(),
             }),
         })
     }
@@ -66,38 +77,59 @@ impl ConnTable {
 
     /// Records `identity` (authenticated over mTLS, from `original_src`)
     /// as the peer of the connection `key`, before the agent connects it,
-    /// so the kernel's accept-side verdict sees it.
+    /// so the kernel's accept-side verdict sees it. `None`: a workload's
+    /// closed connection on this 5-tuple still lingers, and its entry is
+    /// the kernel's to remove; the caller takes another source port.
     pub fn register_peer(
         self: &Arc<Self>,
         key: ConnKey,
         identity: u32,
         original_src: Addr,
-    ) -> Result<PeerEntry, Error> {
+    ) -> Result<Option<PeerEntry>, Error> {
+        let mut maps = self.lock();
+        if maps
+            .conn_peer
+            .get(&key, 0)
+            .is_ok_and(|p| p.origin != ORIGIN_AGENT)
+        {
+            return Ok(None);
+        }
+        let owner = maps.next_owner;
+        maps.next_owner += 1;
         let peer = ConnPeer {
+            owner,
             identity,
             origin: ORIGIN_AGENT,
             original_src,
             // Decided by the kernel at accept, never honoured from elsewhere.
             approval: Approval::default(),
+            state: STATE_OPEN,
         };
-        self.lock()
-            .conn_peer
+        maps.conn_peer
             .insert(key, peer, 0)
             .map_err(|source| Error::Map {
                 name: conn::MAP,
                 source,
             })?;
-        Ok(PeerEntry {
+        Ok(Some(PeerEntry {
             table: Arc::clone(self),
             key,
-        })
+            owner,
+        }))
     }
 
     /// Entries in (`ZG_ORIG_DST`, `ZG_CONN_PEER`): captured connections
-    /// not yet accepted, and connections with a recorded peer.
+    /// not yet accepted, and open connections with a recorded peer (closed
+    /// ones that linger are not counted).
     pub fn entries(&self) -> (usize, usize) {
         let maps = self.lock();
-        (maps.orig_dst.keys().count(), maps.conn_peer.keys().count())
+        let open = maps
+            .conn_peer
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, p)| p.state == STATE_OPEN)
+            .count();
+        (maps.orig_dst.keys().count(), open)
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -107,11 +139,36 @@ impl ConnTable {
     }
 }
 
+impl Handles {
+    /// The entry `key` if it is still the connection `owner`'s.
+    fn owned(&self, key: &ConnKey, owner: u64) -> Option<ConnPeer> {
+        let peer = self.conn_peer.get(key, 0).ok()?;
+        (peer.origin == ORIGIN_AGENT && peer.owner == owner).then_some(peer)
+    }
+}
+
 impl Drop for PeerEntry {
     fn drop(&mut self) {
-        match self.table.lock().conn_peer.remove(&self.key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
+        let mut maps = self.table.lock();
+        let Some(mut peer) = maps.owned(&self.key, self.owner) else {
+            return;
+        };
+        peer.state = STATE_CLOSED;
+        if let Err(error) = maps.conn_peer.insert(self.key, peer, 0) {
+            tracing::warn!(%error, "closing a relayed connection's peer entry");
+        }
+        maps.closed.push_back((self.key, self.owner));
+        while maps.closed.len() > AGENT_LINGER {
+            let Some((key, owner)) = maps.closed.pop_front() else {
+                break;
+            };
+            if maps.owned(&key, owner).is_none() {
+                continue;
+            }
+            match maps.conn_peer.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
+            }
         }
     }
 }

@@ -68,7 +68,7 @@ pub fn zg_sock_release(ctx: SockContext) -> i32 {
     if record.flags & FLAG_BOUND != 0 {
         let _ = LISTENERS.remove(&record.bound);
     }
-    unpublish(&record);
+    unpublish(&record, cookie);
     let _ = SOCKETS.remove(&cookie);
     PROCEED
 }
@@ -116,6 +116,7 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
             },
             src_known: false,
             generation: generation(),
+            quiet: false,
         };
         deny_map_full(&subject);
         return REFUSE;

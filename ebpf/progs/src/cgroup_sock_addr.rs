@@ -86,6 +86,7 @@ fn verdict<const V6: bool>(ctx: &SockAddrContext, dst: Addr) -> i32 {
         },
         src_known: false,
         generation: generation(),
+        quiet: false,
     };
     let local = listener(&dst, dst_port);
     subject.workload = local.unwrap_or(0);
@@ -153,7 +154,7 @@ fn save(cookie: u64, source: &Workload, approval: &Approval, flags: u8, conn: &C
             // SAFETY: this socket's own record; nothing else writes it while
             // `connect()` holds the socket lock.
             let old = unsafe { &mut *old };
-            unpublish(old);
+            unpublish(old, cookie);
             let (flags, bound) = (old.flags & FLAG_BOUND, old.bound);
             *old = record;
             old.flags |= flags;

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use zgate_common::{
     config::Config,
-    conn::{self, ConnKey, ConnPeer},
+    conn::{self, ConnKey, ConnPeer, Linger},
     event,
     listener::{self, ListenerKey},
     policy::{
@@ -46,6 +46,11 @@ pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
     HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per CPU, the closed `ZG_CONN_PEER` entries still lingering
+/// (`zgate_common::conn`).
+#[map(name = "ZG_CONN_LINGER")]
+pub static CONN_LINGER: PerCpuArray<Linger> = PerCpuArray::pinned(1, 0);
 
 /// Entries only for live sockets (`BPF_F_NO_PREALLOC`): sized for every
 /// connection and listener, most of it is usually unused, and an element

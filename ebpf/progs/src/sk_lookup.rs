@@ -8,6 +8,11 @@
 //! node that `connect()` allowed is not decided twice: its approval holds
 //! while the policy generation and the destination workload are the same.
 //!
+//! The hook also runs for segments that are not SYNs but find no socket,
+//! such as the trailing segments of a connection whose sockets are gone;
+//! the 5-tuple's closed entry keeps those from being reported as
+//! connections (`zgate_common::conn`).
+//!
 //! # Minimum kernel version
 //! 5.9 (`BPF_SK_LOOKUP`).
 
@@ -17,8 +22,11 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use zgate_common::{
-    config::GENERATION_NONE, conn::ConnKey, event::HOOK_ACCEPT, policy::IDENTITY_NONE, Addr,
-    AF_INET, AF_INET6, IPPROTO_TCP,
+    config::GENERATION_NONE,
+    conn::{ConnKey, ConnPeer, STATE_OPEN},
+    event::HOOK_ACCEPT,
+    policy::IDENTITY_NONE,
+    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
@@ -48,6 +56,7 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
         },
         src_known: true,
         generation: 0,
+        quiet: false,
     };
     // Written in place: one copy of the connection on this program's stack,
     // which `judge`'s frame shares the 512 bytes of.
@@ -68,23 +77,38 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     subject.workload = workload;
     subject.generation = generation();
     // SAFETY: read in place; the entry stays valid for this run (RCU).
-    if let Some(p) = unsafe { CONN_PEER.get(&subject.conn) } {
-        // Between workloads on this node `connect()` already decided, with
-        // both identities and this generation's policy of this workload.
-        let approved = p.approval.generation != GENERATION_NONE
-            && p.approval.generation == subject.generation
-            && p.approval.workload == workload;
-        subject.identity = p.identity;
-        if p.original_src.family != 0 {
-            subject.conn.src = p.original_src;
+    match unsafe { CONN_PEER.get(&subject.conn) } {
+        // The connection is over: what still arrives on its 5-tuple is no
+        // connection attempt of its own (or none the connection's identity
+        // may vouch for), judged as plaintext and not reported.
+        Some(p) if p.state != STATE_OPEN => subject.quiet = true,
+        Some(p) => {
+            if honoured(&mut subject, p) {
+                count_connection(&subject, true);
+                return SK_PASS;
+            }
         }
-        if approved {
-            count_connection(&subject, true);
-            return SK_PASS;
-        }
+        None => {}
     }
     match judge(&subject) {
         Verdict::Deny => SK_DROP,
         Verdict::Allow | Verdict::Defer => SK_PASS,
     }
+}
+
+/// Take the identity (and original source) of an open `ZG_CONN_PEER`
+/// entry; true if `connect()` already allowed the connection under this
+/// generation, which the accept side then honours.
+#[inline(always)]
+fn honoured(subject: &mut Subject, p: &ConnPeer) -> bool {
+    // Between workloads on this node `connect()` already decided, with
+    // both identities and this generation's policy of this workload.
+    let approved = p.approval.generation != GENERATION_NONE
+        && p.approval.generation == subject.generation
+        && p.approval.workload == subject.workload;
+    subject.identity = p.identity;
+    if p.original_src.family != 0 {
+        subject.conn.src = p.original_src;
+    }
+    approved
 }

@@ -6,8 +6,9 @@
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
 //! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
 //! runs. The socket's record (`zgate_common::socket`) keeps the 5-tuple,
-//! and `sock_release` removes the entry: connecting sockets ask for no
-//! state callbacks, so the rest of their life runs no program.
+//! and `sock_release` closes the entry, which lingers a little
+//! (`zgate_common::conn`): connecting sockets ask for no state callbacks,
+//! so the rest of their life runs no program.
 //!
 //! A connection `connect4|6` redirected to the agent's outbound listener
 //! has its original destination published under the 5-tuple the agent's
@@ -20,8 +21,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_EXIST, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -29,7 +30,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use zgate_common::{
-    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
+    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL, STATE_OPEN},
     policy::IDENTITY_NONE,
     redirect::OrigDst,
     socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
@@ -91,6 +92,7 @@ fn on_connect(ctx: &SockOpsContext) {
     // An approval holds for the destination `connect()` judged, only.
     let approved = record.conn.dst == key.dst && record.conn.dst_port == key.dst_port;
     let peer = ConnPeer {
+        owner: cookie,
         identity: record.identity,
         origin: ORIGIN_LOCAL,
         original_src: Addr::default(),
@@ -99,11 +101,13 @@ fn on_connect(ctx: &SockOpsContext) {
         } else {
             Approval::default()
         },
+        state: STATE_OPEN,
     };
     record.conn = key;
     record.flags |= FLAG_PUBLISHED;
     // `connect()` already refused this connection if the map was close to
-    // full (`conn::RESERVED`), so this insert has room.
+    // full (`conn::RESERVED`), so this insert has room. A closed connection
+    // on the same 5-tuple may still linger: its entry is taken over.
     if CONN_PEER.insert(&key, &peer, 0).is_ok() {
         add_conn_count(1);
     }
@@ -128,7 +132,9 @@ fn on_accepted(ctx: &SockOpsContext) {
         ..key
     };
     // SAFETY: a plain Copy value, copied out at once.
-    let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
+    let identity = unsafe { CONN_PEER.get(&inbound) }
+        .and_then(ConnPeer::live_identity)
+        .unwrap_or(IDENTITY_NONE);
     let stats = ConnStatsKey { identity, workload };
     let sk = socket(ctx);
     if sk.is_null() {

@@ -34,6 +34,9 @@ pub struct Subject {
     pub src_known: bool,
     /// The policy generation this verdict reads ([`generation`]).
     pub generation: u32,
+    /// Decide without counting or logging: a segment on the 5-tuple of a
+    /// connection that is over (`zgate_common::conn`).
+    pub quiet: bool,
 }
 
 pub enum Verdict {
@@ -216,6 +219,13 @@ fn evaluated(subject: &Subject) -> Option<CachedVerdict> {
 fn enforce(subject: &Subject, verdict: &CachedVerdict) -> Verdict {
     if verdict.outcome == OUTCOME_DEFER {
         return Verdict::Defer;
+    }
+    if subject.quiet {
+        return if verdict.allowed() {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
     }
     let generation = subject.generation;
     count(verdict.policy, verdict.reason, subject.hook);

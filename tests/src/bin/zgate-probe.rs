@@ -20,6 +20,11 @@
 //!   (an `AF_PACKET` socket) for SECS; prints `sniffing` once capturing,
 //!   then `tcp PORT:PACKETS ...` (IPv4 TCP packets by port, either side)
 //!   and `needle COUNT` (TCP payloads containing NEEDLE).
+//! - `zgate-probe reset ADDR`: connect, read the greeting, then close with
+//!   a RST (so neither end keeps a socket); prints `reset <source port>`.
+//! - `zgate-probe segment ADDR PORT`: send one bare ACK segment from
+//!   PORT on ADDR's IPv4 address to ADDR through a raw socket, as a
+//!   connection's trailing segment would arrive; prints `sent`.
 //! - `zgate-probe rr ADDR N`: N one-byte request/response round trips on
 //!   one connection to an echo server; prints `p50 <µs> p99 <µs>`.
 //! - `zgate-probe bulk ADDR MIB`: send MIB MiB to an echo server while
@@ -73,6 +78,10 @@ fn main() -> ExitCode {
             addr,
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(256),
         ),
+        (Some("reset"), Some(addr)) => reset(addr),
+        (Some("segment"), Some(addr)) => {
+            segment(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0))
+        }
         (Some("flip"), Some(addr)) => {
             flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
         }
@@ -131,6 +140,78 @@ fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
         &SockaddrStorage::from(addr),
     )?;
     Ok(TcpStream::from(fd))
+}
+
+fn reset(addr: SocketAddr) {
+    let stream = match dial(addr) {
+        Ok(s) => s,
+        Err(e) => return println!("{}", outcome(&e)),
+    };
+    let mut greeting = [0u8; 6];
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    if let Err(e) = (&stream).read_exact(&mut greeting) {
+        return println!("{}", outcome(&e));
+    }
+    let port = stream.local_addr().map_or(0, |a| a.port());
+    // SO_LINGER 0: close sends a RST and leaves no TIME_WAIT socket.
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(stream);
+    println!("reset {port}");
+}
+
+fn segment(addr: SocketAddr, port: u16) {
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+    let SocketAddr::V4(dst) = addr else {
+        return println!("error: IPv4 only");
+    };
+    let ip = dst.ip().octets();
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: five 32-bit words
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    // The checksum over the pseudo-header (source = destination address).
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for pair in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&ip);
+    add(&ip);
+    add(&[0, 6, 0, 20]);
+    add(&tcp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sent = socket::socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Tcp,
+    )
+    .and_then(|fd| {
+        use std::os::fd::AsRawFd as _;
+        let local = socket::SockaddrIn::from(std::net::SocketAddrV4::new(*dst.ip(), 0));
+        socket::bind(fd.as_raw_fd(), &local)?;
+        let to = socket::SockaddrIn::from(dst);
+        socket::sendto(fd.as_raw_fd(), &tcp, &to, MsgFlags::empty())
+    });
+    match sent {
+        Ok(_) => println!("sent"),
+        Err(e) => println!("error: {e}"),
+    }
 }
 
 fn connect(addr: SocketAddr, hold: Option<u64>) {
