@@ -545,6 +545,15 @@ impl Node {
     }
 
     /// Connect from a plain process (not enrolled: plaintext, no identity).
+    /// One bare ACK segment from `port` on `addr`'s address to `addr`, as
+    /// a connection's trailing segment would arrive (`zgate-probe segment`).
+    pub fn send_segment(&self, addr: &str, port: u16) {
+        let mut c = self.command(probe_bin());
+        c.args(["segment", addr, &port.to_string()]);
+        let out = run_ok(&mut c);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
+    }
+
     pub fn connect_plaintext(&self, addr: &str) -> Outcome {
         let mut c = self.command(probe_bin());
         c.args(["connect", addr]);

@@ -74,15 +74,9 @@ fn trailing_segments_of_a_closed_connection_are_not_reported() {
         .strip_prefix("reset ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("reset: {out}\n{}", node.log()));
-    let segment = |port: u16| {
-        let mut c = node.command(probe_bin());
-        c.args(["segment", ADDR, &port.to_string()]);
-        let out = run_ok(&mut c);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
-    };
-    segment(port);
+    node.send_segment(ADDR, port);
     let unused = if port == 40_000 { 40_001 } else { 40_000 };
-    segment(unused);
+    node.send_segment(ADDR, unused);
     // Events arrive in order: once the second is logged, the first would be.
     node.wait_log(&format!("src.addr=127.0.0.1:{unused} "), 0);
     let log = node.log();
@@ -635,6 +629,9 @@ fn metrics_count_allowed_and_denied_connections() {
         Outcome::NotPermitted
     );
     assert_eq!(node.connect_plaintext("127.0.0.1:8001"), Outcome::Connected);
+    // A segment the accept hook lets through (plaintext is allowed) but
+    // that never becomes a connection is not counted as one opened.
+    node.send_segment("127.0.0.1:8001", 40_000);
     assert!(node
         .http_get("127.0.0.1:15021", "/healthz/ready")
         .starts_with("HTTP/1.1 200"));
@@ -676,6 +673,7 @@ fn metrics_count_allowed_and_denied_connections() {
         r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#,
         r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 14"#,
         r#"istio_tcp_received_bytes_total{reporter="destination",source_principal="spiffe://cluster.local/ns/ambient-demo/sa/sleep",destination_workload="httpbin",destination_workload_namespace="ambient-demo",response_flags="-"} 2"#,
+        r#"istio_tcp_connections_opened_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 1"#,
         r#"istio_tcp_connections_closed_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 1"#,
         r#"istio_tcp_sent_bytes_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 7"#,
         r#"istio_tcp_received_bytes_total{reporter="destination",source_principal="unknown",destination_workload="echo",destination_workload_namespace="ambient-demo",response_flags="-"} 1"#,

@@ -31,7 +31,7 @@ use zgate_common::{
 
 use crate::{
     maps::CONN_PEER,
-    verdict::{addr_v4, addr_v6, count_connection, generation, judge, listener, Subject, Verdict},
+    verdict::{addr_v4, addr_v6, generation, judge, listener, Subject, Verdict},
 };
 
 #[doc(alias = "BPF_SK_LOOKUP")]
@@ -84,7 +84,6 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
         Some(p) if p.state != STATE_OPEN => subject.quiet = true,
         Some(p) => {
             if honoured(&mut subject, p) {
-                count_connection(&subject, true);
                 return SK_PASS;
             }
         }

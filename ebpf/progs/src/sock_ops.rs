@@ -1,7 +1,8 @@
 //! `sock_ops`: publishes the identity of enrolled workloads' outgoing
 //! connections under their 5-tuple, for the accept side on this node, and
-//! counts the bytes of connections enrolled workloads accepted (their
-//! counters' key kept in the socket's own storage, `ZG_ACCEPTED`).
+//! counts the connections enrolled workloads accepted: opened once
+//! established, closed with their byte counts (their counters' key kept in
+//! the socket's own storage, `ZG_ACCEPTED`).
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
 //! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
@@ -34,14 +35,14 @@ use zgate_common::{
     policy::IDENTITY_NONE,
     redirect::OrigDst,
     socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
-    stats::ConnStatsKey,
+    stats::{ConnStats, ConnStatsKey},
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
     maps::{ACCEPTED, CONN_PEER, ORIG_DST, SOCKETS},
     record::add_conn_count,
-    verdict::{addr_v4, addr_v6, count_close, listener},
+    verdict::{add_conn_stats, addr_v4, addr_v6, listener},
 };
 
 /// Each callback is a BPF subprogram of its own (`inline(never)`), so the
@@ -113,8 +114,9 @@ fn on_connect(ctx: &SockOpsContext) {
     }
 }
 
-/// An accepted connection to an enrolled workload: remember whose it is, so
-/// its byte counts are added to the Istio TCP metrics when it closes.
+/// An accepted connection to an enrolled workload: count it opened, and
+/// remember whose it is, so its byte counts are added to the Istio TCP
+/// metrics when it closes.
 #[inline(never)]
 fn on_accepted(ctx: &SockOpsContext) {
     let Some(key) = conn_key(ctx) else {
@@ -136,6 +138,16 @@ fn on_accepted(ctx: &SockOpsContext) {
         .and_then(ConnPeer::live_identity)
         .unwrap_or(IDENTITY_NONE);
     let stats = ConnStatsKey { identity, workload };
+    add_conn_stats(
+        &stats,
+        &ConnStats {
+            opened: 1,
+            denied: 0,
+            closed: 0,
+            sent_bytes: 0,
+            received_bytes: 0,
+        },
+    );
     let sk = socket(ctx);
     if sk.is_null() {
         return;
@@ -161,7 +173,16 @@ fn on_accepted_close(ctx: &SockOpsContext) {
     };
     // SAFETY: the context pointer is valid for the program's run.
     let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
-    count_close(&stats, sent, received);
+    add_conn_stats(
+        &stats,
+        &ConnStats {
+            opened: 0,
+            denied: 0,
+            closed: 1,
+            sent_bytes: sent,
+            received_bytes: received,
+        },
+    );
 }
 
 /// The callback's socket (`bpf_sock_ops.sk`; null if not a full socket,
