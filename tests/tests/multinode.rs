@@ -175,13 +175,11 @@ fn tunneled_connections_leave_no_entries() {
     bench("notsleep");
     // The deny log is rate-limited; the kernel's counters are not.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b
-        .verdict_counts()
-        .iter()
-        .filter(|(k, _)| k.reason == zgate_common::policy::REASON_NO_ALLOW_MATCHED)
-        .map(|(_, n)| n)
-        .sum::<u64>()
-        < 300
+    // B's accept side takes these verdicts: the agent delivers them.
+    while b.verdicts(
+        zgate_common::policy::REASON_NO_ALLOW_MATCHED,
+        zgate_common::event::HOOK_ACCEPT,
+    ) < 300
     {
         assert!(std::time::Instant::now() < deadline, "B:\n{}", b.log());
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -13,7 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 use zgate_common::{
-    conn::{ConnKey, ORIGIN_AGENT},
+    conn::{ConnKey, ConnPeer, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
     listener::ListenerKey,
     policy::{
@@ -259,11 +259,7 @@ impl State {
             // which an established connection still has (a closed client
             // leaves the connection in CLOSE_WAIT, not listed here).
             // A closed entry that lingers vouches for no one.
-            let peer = maps
-                .conn_peer
-                .get(&key, 0)
-                .ok()
-                .filter(|p| p.live_identity().is_some());
+            let peer = maps.conn_peer.get(&key, 0).ok().filter(ConnPeer::is_open);
             let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),

@@ -127,7 +127,7 @@ impl ConnTable {
             .conn_peer
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, p)| p.state == STATE_OPEN)
+            .filter(|(_, p)| p.is_open())
             .count();
         (maps.orig_dst.keys().count(), open)
     }
@@ -143,7 +143,7 @@ impl Handles {
     /// The entry `key` if it is still the connection `owner`'s.
     fn owned(&self, key: &ConnKey, owner: u64) -> Option<ConnPeer> {
         let peer = self.conn_peer.get(key, 0).ok()?;
-        (peer.origin == ORIGIN_AGENT && peer.owner == owner).then_some(peer)
+        peer.is_owned_by(ORIGIN_AGENT, owner).then_some(peer)
     }
 }
 
@@ -158,17 +158,18 @@ impl Drop for PeerEntry {
             tracing::warn!(%error, "closing a relayed connection's peer entry");
         }
         maps.closed.push_back((self.key, self.owner));
-        while maps.closed.len() > AGENT_LINGER {
-            let Some((key, owner)) = maps.closed.pop_front() else {
-                break;
-            };
-            if maps.owned(&key, owner).is_none() {
-                continue;
-            }
-            match maps.conn_peer.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
-            }
+        if maps.closed.len() <= AGENT_LINGER {
+            return;
+        }
+        let Some((key, owner)) = maps.closed.pop_front() else {
+            return;
+        };
+        if maps.owned(&key, owner).is_none() {
+            return;
+        }
+        match maps.conn_peer.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
         }
     }
 }

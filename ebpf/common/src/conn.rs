@@ -101,10 +101,15 @@ pub struct ConnPeer {
 const _: () = assert!(size_of::<ConnPeer>() == 48);
 
 impl ConnPeer {
-    /// The identity to judge this 5-tuple with: none once the connection
-    /// that carried it is over.
-    pub fn live_identity(&self) -> Option<u32> {
-        (self.state == STATE_OPEN).then_some(self.identity)
+    /// The connection is not over: only then does the entry vouch for its
+    /// identity.
+    pub fn is_open(&self) -> bool {
+        self.state == STATE_OPEN
+    }
+
+    /// Still the entry `origin`'s writer made for the connection `owner`.
+    pub fn is_owned_by(&self, origin: u32, owner: u64) -> bool {
+        self.origin == origin && self.owner == owner
     }
 }
 

@@ -32,7 +32,7 @@ pub fn unpublish(record: &SocketRecord, cookie: u64) {
 fn linger(key: &ConnKey, cookie: u64) {
     match CONN_PEER.get_ptr_mut(key) {
         // SAFETY: a valid entry for this program run (RCU); a plain store.
-        Some(p) if unsafe { (*p).owner == cookie && (*p).origin == ORIGIN_LOCAL } => unsafe {
+        Some(p) if unsafe { (*p).is_owned_by(ORIGIN_LOCAL, cookie) } => unsafe {
             (*p).state = STATE_CLOSED;
         },
         // Replaced by a newer connection on the 5-tuple, or never inserted.
@@ -60,7 +60,7 @@ fn linger(key: &ConnKey, cookie: u64) {
 fn remove_closed(key: &ConnKey, owner: u64) {
     // SAFETY: a plain Copy value, read at once.
     let closed = unsafe { CONN_PEER.get(key) }
-        .is_some_and(|p| p.owner == owner && p.origin == ORIGIN_LOCAL && p.state == STATE_CLOSED);
+        .is_some_and(|p| p.is_owned_by(ORIGIN_LOCAL, owner) && !p.is_open());
     if closed {
         let _ = CONN_PEER.remove(key);
     }

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use zgate_common::{
     config::GENERATION_NONE,
-    conn::{ConnKey, ConnPeer, STATE_OPEN},
+    conn::{ConnKey, ConnPeer},
     event::HOOK_ACCEPT,
     policy::IDENTITY_NONE,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
@@ -81,7 +81,7 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
         // The connection is over: what still arrives on its 5-tuple is no
         // connection attempt of its own (or none the connection's identity
         // may vouch for), judged as plaintext and not reported.
-        Some(p) if p.state != STATE_OPEN => subject.quiet = true,
+        Some(p) if !p.is_open() => subject.quiet = true,
         Some(p) => {
             if honoured(&mut subject, p) {
                 return SK_PASS;

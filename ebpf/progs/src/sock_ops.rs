@@ -22,8 +22,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_EXIST, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -135,8 +135,8 @@ fn on_accepted(ctx: &SockOpsContext) {
     };
     // SAFETY: a plain Copy value, copied out at once.
     let identity = unsafe { CONN_PEER.get(&inbound) }
-        .and_then(ConnPeer::live_identity)
-        .unwrap_or(IDENTITY_NONE);
+        .filter(|p| p.is_open())
+        .map_or(IDENTITY_NONE, |p| p.identity);
     let stats = ConnStatsKey { identity, workload };
     add_conn_stats(
         &stats,

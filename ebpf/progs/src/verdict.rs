@@ -5,7 +5,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use zgate_common::{
     conn::ConnKey,
-    event::{self, VerdictEvent, HOOK_ACCEPT},
+    event::{self, VerdictEvent},
     listener::ListenerKey,
     policy::{
         decide, ip_key, CachedVerdict, IdentityBitsKey, PolicySetKey, PortBitsKey, TermBits,
