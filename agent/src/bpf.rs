@@ -135,20 +135,6 @@ impl MapSizes {
         socket::capacity(self.connections, self.listeners)
     }
 
-    /// `ZG_CONN_PEER`'s capacity: the connections, and the closed ones that
-    /// linger (`zgate_common::conn`) on each possible CPU.
-    pub fn conn_peer_entries(&self) -> Result<u32, Error> {
-        let cpus = aya::util::nr_cpus().map_err(|(path, source)| Error::Io {
-            op: "reading the possible CPUs from",
-            path: path.into(),
-            source,
-        })?;
-        let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
-        Ok(self
-            .connections
-            .saturating_add(conn::lingering_capacity(cpus)))
-    }
-
     /// `Config::conn_limit`: connection capacity less the agent's reserve.
     pub fn conn_limit(&self) -> u32 {
         self.connections.saturating_sub(conn::RESERVED)
@@ -175,6 +161,8 @@ pub struct Maps {
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub sockets: HashMap<MapData, u64, SocketRecord>,
+    /// Counters' keys of the connections workloads accepted, by cookie.
+    pub accepted: HashMap<MapData, u64, ConnStatsKey>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
     pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
@@ -237,7 +225,10 @@ impl Datapath {
         ] {
             loader.map_max_entries(name, sizes.policy_entries);
         }
-        loader.map_max_entries(conn::MAP, sizes.conn_peer_entries()?);
+        loader.map_max_entries(conn::MAP, sizes.connections);
+        // An entry per open connection a workload accepted; past that many,
+        // a connection's close goes uncounted (never its verdict).
+        loader.map_max_entries(socket::ACCEPTED_MAP, sizes.connections);
         loader.map_max_entries(listener::MAP, sizes.listeners);
         loader.map_max_entries(socket::MAP, sizes.sockets());
         let stale = unpin_foreign_maps(&paths)?;
@@ -606,6 +597,7 @@ impl Maps {
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             sockets: take(ebpf, socket::MAP)?,
+            accepted: take(ebpf, socket::ACCEPTED_MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,
             verdict_cache: take(ebpf, policy::VERDICT_CACHE_MAP)?,

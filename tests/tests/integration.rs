@@ -59,8 +59,8 @@ fn allow_sleep_to_httpbin() {
 
 /// `sk_lookup` runs for any segment that finds no socket, not only for
 /// SYNs. A connection's trailing segment arriving after both its sockets
-/// are gone is not reported as a plaintext connection (the 5-tuple's entry
-/// lingers, closed: `zgate_common::conn`); the same segment on a 5-tuple
+/// are gone is not reported as a plaintext connection (its 5-tuple is
+/// noted as closed: `zgate_common::conn`); the same segment on a 5-tuple
 /// no connection had is judged and reported, as plaintext.
 #[test]
 fn trailing_segments_of_a_closed_connection_are_not_reported() {
@@ -566,9 +566,8 @@ fn full_connection_map_fails_closed() {
 /// What the kernel records for a workload's socket goes with the socket,
 /// not with the workload: after allowed, refused and bound-source
 /// connections from a workload that is still running, only the server's
-/// listener is left, and no open connection identity (closed ones linger
-/// a while, `zgate_common::conn`). (Accepted sockets keep theirs in the
-/// socket itself, which the kernel frees with it.)
+/// listener is left, no connection identity and no accepted connection's
+/// counters' key.
 #[test]
 fn socket_records_go_with_their_sockets() {
     let node = Node::start("socket_records", &[("demo.yaml", DEMO)]);
@@ -595,7 +594,7 @@ fn socket_records_go_with_their_sockets() {
     );
     assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while node.map_entries("sockets") != 1 {
+    while node.map_entries("sockets") != 1 || node.map_entries("accepted connections") != 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "{}",

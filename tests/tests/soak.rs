@@ -99,15 +99,20 @@ pub fn run(duration: Duration, min_versions: u64, per_batch: u32) -> Report {
         }
         round += 1;
     }
-    // Connections closed: their identity entries and socket records must
-    // be gone, all but the server's listener.
+    // Connections closed: their identity entries, socket records and
+    // accepted connections' counters' keys must be gone, all but the
+    // server's listener.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.connection_entries() != (0, 0) || node.map_entries("sockets") != 1 {
+    while node.connection_entries() != (0, 0)
+        || node.map_entries("sockets") != 1
+        || node.map_entries("accepted connections") != 0
+    {
         assert!(
             Instant::now() < deadline,
-            "entries leaked: connection maps {:?}, socket records {}",
+            "entries leaked: connection maps {:?}, socket records {}, accepted {}",
             node.connection_entries(),
-            node.map_entries("sockets")
+            node.map_entries("sockets"),
+            node.map_entries("accepted connections")
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -48,7 +48,7 @@ pub(super) struct Inbound {
 /// Source ports `deliver` passes over before it gives up on a connection.
 const MAX_PASSED_OVER: usize = 8;
 
-/// A delivered connection; its `ZG_CONN_PEER` entry is open as long as it.
+/// A delivered connection; its `ZG_CONN_PEER` entry lives as long as it.
 struct Upstream {
     stream: TcpStream,
     _peer: PeerEntry,
@@ -117,8 +117,9 @@ impl Inbound {
             tracing::warn!(dst.addr = %target, "hbone: cannot open the delivery socket: {e}");
             Reject::Unavailable
         };
-        // A port whose 5-tuple a workload's closed connection still holds
-        // is kept bound (so the next bind picks another) and passed over.
+        // A port whose 5-tuple a workload's connection holds is kept bound
+        // (so the next bind picks another) and passed over: its entry is
+        // the kernel's, never overwritten.
         let mut passed_over = Vec::new();
         let (socket, peer) = loop {
             let socket = match target {
@@ -149,7 +150,7 @@ impl Inbound {
                 Some(peer) => break (socket, peer),
                 None if passed_over.len() < MAX_PASSED_OVER => passed_over.push(socket),
                 None => {
-                    tracing::warn!(dst.addr = %target, "hbone: no source port free of lingering connections");
+                    tracing::warn!(dst.addr = %target, "hbone: no source port free of workloads' connections");
                     return Err(Reject::Unavailable);
                 }
             }

@@ -13,7 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 use aya::maps::{HashMap, MapData};
 use zgate_common::{
-    conn::{ConnKey, ConnPeer, ORIGIN_AGENT},
+    conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
     listener::ListenerKey,
     policy::{
@@ -258,8 +258,7 @@ impl State {
             // published: its entry lives as long as the client's socket,
             // which an established connection still has (a closed client
             // leaves the connection in CLOSE_WAIT, not listed here).
-            // A closed entry that lingers vouches for no one.
-            let peer = maps.conn_peer.get(&key, 0).ok().filter(ConnPeer::is_open);
+            let peer = maps.conn_peer.get(&key, 0).ok();
             let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),
@@ -514,6 +513,11 @@ impl State {
                     "sockets",
                     count(maps.sockets.keys().count()),
                     sizes.sockets(),
+                ),
+                usage(
+                    "accepted connections",
+                    count(maps.accepted.keys().count()),
+                    sizes.connections,
                 ),
                 usage(
                     "policy (6 maps)",

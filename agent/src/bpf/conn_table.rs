@@ -1,7 +1,8 @@
 //! The per-connection entries of the agent's proxies, on map handles of
 //! their own (opened from the pins): the original destination of each
 //! captured connection (`ZG_ORIG_DST`), and the authenticated peer of each
-//! connection the agent delivers after mTLS (`ZG_CONN_PEER`).
+//! connection the agent delivers after mTLS (`ZG_CONN_PEER`, noted in
+//! `ZG_CONN_CLOSED` once it closes).
 //!
 //! Why the proxies do not go through the state task for these: each entry
 //! is keyed by a 5-tuple only this connection has (the agent's own
@@ -12,14 +13,11 @@
 //! serialized with policy generations — interning a new peer identity and
 //! writing its policy bits — still goes through the state task.
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use zgate_common::{
-    conn::{self, ConnKey, ConnPeer, AGENT_LINGER, ORIGIN_AGENT, STATE_CLOSED, STATE_OPEN},
+    conn::{self, closed_slot, ConnKey, ConnPeer, ORIGIN_AGENT},
     redirect::{self, OrigDst},
     socket::Approval,
     Addr,
@@ -27,7 +25,8 @@ use zgate_common::{
 
 use super::{Error, Paths};
 
-/// Handles on `ZG_ORIG_DST` and `ZG_CONN_PEER`, shared by the proxy tasks.
+/// Handles on `ZG_ORIG_DST`, `ZG_CONN_PEER` and `ZG_CONN_CLOSED`, shared by
+/// the proxy tasks.
 pub struct ConnTable {
     maps: Mutex<Handles>,
 }
@@ -35,15 +34,14 @@ pub struct ConnTable {
 struct Handles {
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
+    conn_closed: Array<MapData, ConnKey>,
     /// `ConnPeer::owner` of the next registered connection.
     next_owner: u64,
-    /// Closed entries still lingering (`zgate_common::conn`), oldest first.
-    closed: VecDeque<(ConnKey, u64)>,
 }
 
-/// A `ZG_CONN_PEER` entry that is open as long as this value: dropping it
-/// (the relayed connection closed, or never opened) closes the entry, which
-/// lingers for the connection's trailing segments.
+/// A `ZG_CONN_PEER` entry that lives as long as this value: dropping it
+/// (the relayed connection closed, or never opened) removes the entry and
+/// notes the 5-tuple as closed, for the connection's trailing segments.
 pub struct PeerEntry {
     table: Arc<ConnTable>,
     key: ConnKey,
@@ -59,8 +57,8 @@ impl ConnTable {
             maps: Mutex::new(Handles {
                 orig_dst: open(paths, redirect::ORIG_DST_MAP)?,
                 conn_peer: open(paths, conn::MAP)?,
+                conn_closed: open_array(paths, conn::CLOSED_MAP)?,
                 next_owner: 1,
-                closed: VecDeque::new(),
             }),
         })
     }
@@ -78,8 +76,8 @@ impl ConnTable {
     /// Records `identity` (authenticated over mTLS, from `original_src`)
     /// as the peer of the connection `key`, before the agent connects it,
     /// so the kernel's accept-side verdict sees it. `None`: a workload's
-    /// closed connection on this 5-tuple still lingers, and its entry is
-    /// the kernel's to remove; the caller takes another source port.
+    /// connection holds this 5-tuple's entry (as seen from another network
+    /// namespace); the caller takes another source port.
     pub fn register_peer(
         self: &Arc<Self>,
         key: ConnKey,
@@ -103,7 +101,7 @@ impl ConnTable {
             original_src,
             // Decided by the kernel at accept, never honoured from elsewhere.
             approval: Approval::default(),
-            state: STATE_OPEN,
+            _pad: 0,
         };
         maps.conn_peer
             .insert(key, peer, 0)
@@ -119,17 +117,10 @@ impl ConnTable {
     }
 
     /// Entries in (`ZG_ORIG_DST`, `ZG_CONN_PEER`): captured connections
-    /// not yet accepted, and open connections with a recorded peer (closed
-    /// ones that linger are not counted).
+    /// not yet accepted, and open connections with a recorded peer.
     pub fn entries(&self) -> (usize, usize) {
         let maps = self.lock();
-        let open = maps
-            .conn_peer
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, p)| p.is_open())
-            .count();
-        (maps.orig_dst.keys().count(), open)
+        (maps.orig_dst.keys().count(), maps.conn_peer.keys().count())
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -139,37 +130,23 @@ impl ConnTable {
     }
 }
 
-impl Handles {
-    /// The entry `key` if it is still the connection `owner`'s.
-    fn owned(&self, key: &ConnKey, owner: u64) -> Option<ConnPeer> {
-        let peer = self.conn_peer.get(key, 0).ok()?;
-        peer.is_owned_by(ORIGIN_AGENT, owner).then_some(peer)
-    }
-}
-
 impl Drop for PeerEntry {
     fn drop(&mut self) {
         let mut maps = self.table.lock();
-        let Some(mut peer) = maps.owned(&self.key, self.owner) else {
-            return;
-        };
-        peer.state = STATE_CLOSED;
-        if let Err(error) = maps.conn_peer.insert(self.key, peer, 0) {
-            tracing::warn!(%error, "closing a relayed connection's peer entry");
-        }
-        maps.closed.push_back((self.key, self.owner));
-        if maps.closed.len() <= AGENT_LINGER {
+        let owned = maps
+            .conn_peer
+            .get(&self.key, 0)
+            .is_ok_and(|p| p.is_owned_by(ORIGIN_AGENT, self.owner));
+        if !owned {
             return;
         }
-        let Some((key, owner)) = maps.closed.pop_front() else {
-            return;
-        };
-        if maps.owned(&key, owner).is_none() {
-            return;
-        }
-        match maps.conn_peer.remove(&key) {
+        match maps.conn_peer.remove(&self.key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(error) => tracing::warn!(%error, "removing a relayed connection's peer entry"),
+        }
+        let slot = closed_slot(&self.key);
+        if let Err(error) = maps.conn_closed.set(slot, self.key, 0) {
+            tracing::warn!(%error, "noting a relayed connection as closed");
         }
     }
 }
@@ -181,4 +158,10 @@ fn open<V: aya::Pod>(
     let err = |source| Error::Map { name, source };
     let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
     HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+}
+
+fn open_array(paths: &Paths, name: &'static str) -> Result<Array<MapData, ConnKey>, Error> {
+    let err = |source| Error::Map { name, source };
+    let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
+    Array::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
 }

@@ -8,25 +8,25 @@
 //!   connection, the [`Approval`]. `sock_ops` (`TCP_CONNECT_CB`) publishes
 //!   the identity under the 5-tuple in `ZG_CONN_PEER` (and a captured
 //!   connection's original destination in `ZG_ORIG_DST`) and keeps the
-//!   5-tuple here; `sock_release` removes both.
+//!   5-tuple here; `sock_release` removes both (and notes the 5-tuple as
+//!   closed, `zgate_common::conn`).
 //! - A **bound** socket: `post_bind4|6` records the bound address, whose
 //!   `ZG_LISTENERS` entry `sock_release` removes (it may not read the
 //!   address itself). A bound socket that then connects keeps it.
-//! - An **accepted** socket has no record here: its counters' key lives in
-//!   the socket's own storage ([`ACCEPTED_MAP`]).
+//! - An **accepted** socket has no record here: its counters' key is in
+//!   [`ACCEPTED_MAP`].
 
 use crate::{conn::ConnKey, listener::ListenerKey};
 
 pub const MAP: &str = "ZG_SOCKETS";
 
-/// `ZG_ACCEPTED`: socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of each
-/// connection an enrolled workload accepted — its `stats::ConnStatsKey`,
-/// written by `sock_ops` at `PASSIVE_ESTABLISHED_CB` and read at
-/// `TCP_CLOSE`, when its byte counts are added. The kernel frees it with
-/// the socket: nothing removes it, and reaching it takes no look-up in a
-/// shared table. (Connecting sockets keep theirs in [`MAP`]: creating a
-/// socket's storage allocates, which costs `connect()` more than a hash
-/// insert does.)
+/// `ZG_ACCEPTED`: socket cookie → `stats::ConnStatsKey` of each connection
+/// an enrolled workload accepted, written by `sock_ops` at
+/// `PASSIVE_ESTABLISHED_CB` and taken at `TCP_CLOSE`, when its byte counts
+/// are added (every TCP socket passes through `TCP_CLOSE` before the kernel
+/// frees it). A hash, like this map, rather than socket-local storage:
+/// creating a socket's storage allocates twice and charges the memory
+/// cgroup, which costs each connection more than an insert and a delete.
 pub const ACCEPTED_MAP: &str = "ZG_ACCEPTED";
 
 /// `connect()` from an enrolled workload.

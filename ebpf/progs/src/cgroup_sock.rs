@@ -24,7 +24,7 @@ use zgate_common::{
 };
 
 use crate::{
-    maps::{ACCEPTED, LISTENERS, SOCKETS, WORKLOADS},
+    maps::{LISTENERS, SOCKETS, WORKLOADS},
     record::unpublish,
     verdict::{addr_v4, addr_v6, deny_map_full, generation, Subject},
 };
@@ -52,14 +52,8 @@ pub fn zg_post_bind6(ctx: SockContext) -> i32 {
 #[doc(alias = "BPF_CGROUP_INET_SOCK_RELEASE")]
 #[cgroup_sock(sock_release)]
 pub fn zg_sock_release(ctx: SockContext) -> i32 {
-    // An accepted connection has nothing to undo (and its byte counts come
-    // at `TCP_CLOSE`, after the FIN exchange): found in the socket itself,
-    // without a look-up in `ZG_SOCKETS`.
-    // SAFETY: a `cgroup/sock` program's context is the socket the helper
-    // takes.
-    if unsafe { ACCEPTED.get(ctx.as_ptr(), None) }.is_some() {
-        return PROCEED;
-    }
+    // An accepted connection has no record, and nothing to undo: its byte
+    // counts come at `TCP_CLOSE`, after the FIN exchange.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain Copy value, copied out at once.
     let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {

@@ -2,20 +2,14 @@
 //! every map is pinned by name, so programs and maps outlive the agent
 //! (fail-static) and a restarted agent adopts them.
 
-use core::{ffi::c_void, ptr};
-
 use aya_ebpf::{
-    bindings::{
-        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC,
-        BPF_SK_STORAGE_GET_F_CREATE,
-    },
-    helpers::generated::bpf_sk_storage_get,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use zgate_common::{
     config::Config,
-    conn::{self, ConnKey, ConnPeer, Linger},
+    conn::{self, ConnKey, ConnPeer},
     event,
     listener::{self, ListenerKey},
     policy::{
@@ -47,10 +41,10 @@ pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
     HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Per CPU, the closed `ZG_CONN_PEER` entries still lingering
-/// (`zgate_common::conn`).
-#[map(name = "ZG_CONN_LINGER")]
-pub static CONN_LINGER: PerCpuArray<Linger> = PerCpuArray::pinned(1, 0);
+/// The 5-tuples of recently closed connections, one per slot
+/// (`zgate_common::conn::closed_slot`).
+#[map(name = "ZG_CONN_CLOSED")]
+pub static CONN_CLOSED: Array<ConnKey> = Array::pinned(conn::CLOSED_SLOTS, 0);
 
 /// Entries only for live sockets (`BPF_F_NO_PREALLOC`): sized for every
 /// connection and listener, most of it is usually unused, and an element
@@ -108,68 +102,9 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 #[map(name = "ZG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
 
-/// The counters' key of each connection an enrolled workload accepted, in
-/// the socket's own storage (`zgate_common::socket::ACCEPTED_MAP`).
-#[unsafe(link_section = ".maps")]
-#[unsafe(export_name = "ZG_ACCEPTED")]
-pub static ACCEPTED: SocketStorage<ConnStatsKey> = SocketStorage::new();
-
-/// `BPF_F_NO_PREALLOC`, as the `[i32; N]` length of a BTF map field.
-const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
-/// `LIBBPF_PIN_BY_NAME`.
-const PIN_BY_NAME: usize = 1;
-
-/// A `BPF_MAP_TYPE_SK_STORAGE` map: a value per socket, kept in the socket
-/// and freed with it. The kernel takes this map type only as a BTF-defined
-/// map (`.maps`), whose fields encode the definition in their types;
-/// aya-ebpf 0.2's own `SkStorage` serves `cgroup/sock_addr` programs only.
-#[repr(C)]
-pub struct SocketStorage<V> {
-    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
-    key: *const i32,
-    value: *const V,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; NO_PREALLOC],
-    pinning: *const [i32; PIN_BY_NAME],
-}
-
-// SAFETY: the fields are never read; they only carry the definition's BTF.
-unsafe impl<V> Sync for SocketStorage<V> {}
-
-impl<V> SocketStorage<V> {
-    const fn new() -> Self {
-        Self {
-            r#type: ptr::null(),
-            key: ptr::null(),
-            value: ptr::null(),
-            max_entries: ptr::null(),
-            map_flags: ptr::null(),
-            pinning: ptr::null(),
-        }
-    }
-
-    /// The value of socket `sk` — `bpf_sock_ops.sk`, or the context of a
-    /// `cgroup/sock` program — created as a copy of `init`
-    /// if it has none and `init` is given (an existing value is kept as it
-    /// is). `None`: no value (or no room for one).
-    ///
-    /// # Safety
-    /// `sk` must be a socket pointer the verifier accepts for
-    /// `bpf_sk_storage_get` in the calling program type.
-    #[inline(always)]
-    pub unsafe fn get(&self, sk: *mut c_void, init: Option<&V>) -> Option<&'static mut V> {
-        let (value, flags) = match init {
-            Some(v) => (
-                ptr::from_ref(v).cast_mut().cast(),
-                u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-            ),
-            None => (ptr::null_mut(), 0),
-        };
-        // SAFETY: `self` is a map of this type; the caller vouches for `sk`.
-        let found =
-            unsafe { bpf_sk_storage_get(ptr::from_ref(self).cast_mut().cast(), sk, value, flags) };
-        // SAFETY: a value of this map, valid while the socket lives, which
-        // is longer than the program runs.
-        unsafe { found.cast::<V>().as_mut() }
-    }
-}
+/// The counters' key of each connection an enrolled workload accepted, by
+/// socket cookie (`zgate_common::socket::ACCEPTED_MAP`). Allocated per
+/// entry, like `ZG_SOCKETS`; sized by the agent like `ZG_CONN_PEER`.
+#[map(name = "ZG_ACCEPTED")]
+pub static ACCEPTED: HashMap<u64, ConnStatsKey> =
+    HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);

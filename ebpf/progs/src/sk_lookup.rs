@@ -10,7 +10,7 @@
 //!
 //! The hook also runs for segments that are not SYNs but find no socket,
 //! such as the trailing segments of a connection whose sockets are gone;
-//! the 5-tuple's closed entry keeps those from being reported as
+//! the 5-tuple's `ZG_CONN_CLOSED` slot keeps those from being reported as
 //! connections (`zgate_common::conn`).
 //!
 //! # Minimum kernel version
@@ -23,14 +23,14 @@ use aya_ebpf::{
 };
 use zgate_common::{
     config::GENERATION_NONE,
-    conn::{ConnKey, ConnPeer},
+    conn::{closed_slot, ConnKey, ConnPeer},
     event::HOOK_ACCEPT,
     policy::IDENTITY_NONE,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::CONN_PEER,
+    maps::{CONN_CLOSED, CONN_PEER},
     verdict::{addr_v4, addr_v6, generation, judge, listener, Subject, Verdict},
 };
 
@@ -78,16 +78,15 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     subject.generation = generation();
     // SAFETY: read in place; the entry stays valid for this run (RCU).
     match unsafe { CONN_PEER.get(&subject.conn) } {
-        // The connection is over: what still arrives on its 5-tuple is no
-        // connection attempt of its own (or none the connection's identity
-        // may vouch for), judged as plaintext and not reported.
-        Some(p) if !p.is_open() => subject.quiet = true,
         Some(p) => {
             if honoured(&mut subject, p) {
                 return SK_PASS;
             }
         }
-        None => {}
+        // A connection that is over: what still arrives on its 5-tuple is
+        // no connection attempt of its own (or none its identity may vouch
+        // for), judged as plaintext and not reported.
+        None => subject.quiet = recently_closed(&subject.conn),
     }
     match judge(&subject) {
         Verdict::Deny => SK_DROP,
@@ -95,8 +94,15 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     }
 }
 
-/// Take the identity (and original source) of an open `ZG_CONN_PEER`
-/// entry; true if `connect()` already allowed the connection under this
+/// `conn` is in its `ZG_CONN_CLOSED` slot (`zgate_common::conn`).
+#[inline(always)]
+fn recently_closed(conn: &ConnKey) -> bool {
+    CONN_CLOSED
+        .get(closed_slot(conn))
+        .is_some_and(|closed| closed == conn)
+}
+
+/// Take the identity (and original source) of a `ZG_CONN_PEER` entry; true if `connect()` already allowed the connection under this
 /// generation, which the accept side then honours.
 #[inline(always)]
 fn honoured(subject: &mut Subject, p: &ConnPeer) -> bool {

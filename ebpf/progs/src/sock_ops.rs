@@ -1,15 +1,14 @@
 //! `sock_ops`: publishes the identity of enrolled workloads' outgoing
 //! connections under their 5-tuple, for the accept side on this node, and
 //! counts the connections enrolled workloads accepted: opened once
-//! established, closed with their byte counts (their counters' key kept in
-//! the socket's own storage, `ZG_ACCEPTED`).
+//! established, closed with their byte counts (their counters' key kept
+//! under the socket's cookie in `ZG_ACCEPTED` meanwhile).
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
 //! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
 //! runs. The socket's record (`zgate_common::socket`) keeps the 5-tuple,
-//! and `sock_release` closes the entry, which lingers a little
-//! (`zgate_common::conn`): connecting sockets ask for no state callbacks,
-//! so the rest of their life runs no program.
+//! and `sock_release` removes the entry: connecting sockets ask for no
+//! state callbacks, so the rest of their life runs no program.
 //!
 //! A connection `connect4|6` redirected to the agent's outbound listener
 //! has its original destination published under the 5-tuple the agent's
@@ -17,8 +16,6 @@
 //!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
-
-use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
@@ -31,7 +28,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use zgate_common::{
-    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL, STATE_OPEN},
+    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
     policy::IDENTITY_NONE,
     redirect::OrigDst,
     socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
@@ -102,13 +99,12 @@ fn on_connect(ctx: &SockOpsContext) {
         } else {
             Approval::default()
         },
-        state: STATE_OPEN,
+        _pad: 0,
     };
     record.conn = key;
     record.flags |= FLAG_PUBLISHED;
     // `connect()` already refused this connection if the map was close to
-    // full (`conn::RESERVED`), so this insert has room. A closed connection
-    // on the same 5-tuple may still linger: its entry is taken over.
+    // full (`conn::RESERVED`), so this insert has room.
     if CONN_PEER.insert(&key, &peer, 0).is_ok() {
         add_conn_count(1);
     }
@@ -134,9 +130,7 @@ fn on_accepted(ctx: &SockOpsContext) {
         ..key
     };
     // SAFETY: a plain Copy value, copied out at once.
-    let identity = unsafe { CONN_PEER.get(&inbound) }
-        .filter(|p| p.is_open())
-        .map_or(IDENTITY_NONE, |p| p.identity);
+    let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
     let stats = ConnStatsKey { identity, workload };
     add_conn_stats(
         &stats,
@@ -148,29 +142,24 @@ fn on_accepted(ctx: &SockOpsContext) {
             received_bytes: 0,
         },
     );
-    let sk = socket(ctx);
-    if sk.is_null() {
-        return;
-    }
-    // No room: this connection's close goes uncounted; nothing else
-    // depends on the record.
-    // SAFETY: `bpf_sock_ops.sk`, checked for null, is what the helper takes.
-    if unsafe { ACCEPTED.get(sk, Some(&stats)) }.is_some() {
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    // The state callbacks first: an entry is only ever written for a socket
+    // whose `TCP_CLOSE` will take it. No room: this connection's close goes
+    // uncounted; nothing else depends on the entry.
+    if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_ok() {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = ACCEPTED.insert(&cookie, &stats, 0);
     }
 }
 
 /// An accepted connection closed: add its byte counts.
 #[inline(never)]
 fn on_accepted_close(ctx: &SockOpsContext) {
-    let sk = socket(ctx);
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: as in `on_accepted`.
-    let Some(stats) = (unsafe { ACCEPTED.get(sk, None) }).copied() else {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a plain Copy value, copied out at once.
+    let Some(stats) = (unsafe { ACCEPTED.get(&cookie) }).copied() else {
         return;
     };
+    let _ = ACCEPTED.remove(&cookie);
     // SAFETY: the context pointer is valid for the program's run.
     let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
     add_conn_stats(
@@ -183,14 +172,6 @@ fn on_accepted_close(ctx: &SockOpsContext) {
             received_bytes: received,
         },
     );
-}
-
-/// The callback's socket (`bpf_sock_ops.sk`; null if not a full socket,
-/// which the verifier makes every caller check).
-#[inline(always)]
-fn socket(ctx: &SockOpsContext) -> *mut c_void {
-    // SAFETY: the context pointer is valid for the program's run.
-    unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast()
 }
 
 /// The connection as its destination sees it: source = our local end.
