@@ -32,7 +32,8 @@ use nix::{
 
 const ADDR: &str = "127.0.0.1:8000";
 const ROUNDS: &str = "3000";
-const RUNS: usize = 15;
+/// A multiple of the four configurations: each starts as many rounds.
+const RUNS: usize = 16;
 
 fn main() {
     // `cargo bench --bench datapath -- tunnel` runs one section.
@@ -88,16 +89,29 @@ fn setup_rate() {
             .map(|(_, node)| node.server("bench", "server", &["app=server"], addr))
             .collect();
         // Round-robin, so load that drifts during the run hits every
-        // configuration alike.
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nodes.len() + 1];
-        for _ in 0..RUNS {
-            let mut c = plain.command(&baseline, "client");
-            c.args(["bench", addr, ROUNDS]);
-            samples[0].push(rate_once(c));
-            for (i, (_, node)) in nodes.iter().enumerate() {
-                let mut c = node.workload("bench", "client", &[]);
-                c.arg(probe_bin()).args(["bench", addr, ROUNDS]);
-                samples[i + 1].push(rate_once(c));
+        // configuration alike; each round starts one configuration later,
+        // so none always runs right after the same one (what a run leaves
+        // behind on the core — deferred frees, RCU callbacks — lands on the
+        // next: measured, the configuration right after the baseline lost
+        // up to 15 µs a connection on one core, whichever it was).
+        let configs = nodes.len() + 1;
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs];
+        for round in 0..RUNS {
+            for k in 0..configs {
+                let i = (round + k) % configs;
+                let c = match i {
+                    0 => {
+                        let mut c = plain.command(&baseline, "client");
+                        c.args(["bench", addr, ROUNDS]);
+                        c
+                    }
+                    _ => {
+                        let mut c = nodes[i - 1].1.workload("bench", "client", &[]);
+                        c.arg(probe_bin()).args(["bench", addr, ROUNDS]);
+                        c
+                    }
+                };
+                samples[i].push(rate_once(c));
             }
         }
         let base = median(&mut samples[0]);
