@@ -26,7 +26,7 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::{mpsc, oneshot},
 };
-use zgate_common::{conn::ConnKey, Addr, IPPROTO_TCP};
+use zgate_common::{conn::ConnKey, Addr};
 
 use super::{mesh::MeshView, Command};
 use crate::{
@@ -131,14 +131,7 @@ impl Inbound {
                 .bind(SocketAddr::new(target.ip(), 0))
                 .map_err(unavailable)?;
             let bound = socket.local_addr().map_err(unavailable)?;
-            let key = ConnKey {
-                src: Addr::from(bound.ip()),
-                dst: Addr::from(target.ip()),
-                src_port: bound.port(),
-                dst_port: target.port(),
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            };
+            let key = ConnKey::tcp(bound, target);
             let registered = self
                 .table
                 .register_peer(key, identity, Addr::from(hbone_peer))

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use zgate_common::{conn::ConnKey, redirect::OrigDst, Addr, IPPROTO_TCP};
+use zgate_common::{conn::ConnKey, redirect::OrigDst};
 
 use super::mesh::MeshView;
 use crate::{
@@ -108,14 +108,7 @@ impl Outbound {
         let local = client
             .local_addr()
             .map_err(|source| Error::Socket { source })?;
-        let key = ConnKey {
-            src: Addr::from(peer.ip()),
-            dst: Addr::from(local.ip()),
-            src_port: peer.port(),
-            dst_port: local.port(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = ConnKey::tcp(peer, local);
         let orig = self.table.take_orig_dst(&key).ok_or(Error::NotCaptured)?;
         let target = SocketAddr::new(orig.dst.into(), orig.dst_port);
         Ok((orig, target))

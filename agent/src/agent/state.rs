@@ -246,14 +246,7 @@ impl State {
             let Some(workload) = listener(&maps.listeners, &local, port) else {
                 continue;
             };
-            let key = ConnKey {
-                src: Addr::from(sock.remote.ip()),
-                dst: local,
-                src_port: sock.remote.port(),
-                dst_port: port,
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            };
+            let key = ConnKey::tcp(sock.remote, sock.local);
             // The peer the agent delivered, or the local workload `sock_ops`
             // published: its entry lives as long as the client's socket,
             // which an established connection still has (a closed client

@@ -57,7 +57,7 @@ impl ConnTable {
             maps: Mutex::new(Handles {
                 orig_dst: open(paths, redirect::ORIG_DST_MAP)?,
                 conn_peer: open(paths, conn::MAP)?,
-                conn_closed: open_array(paths, conn::CLOSED_MAP)?,
+                conn_closed: open(paths, conn::CLOSED_MAP)?,
                 next_owner: 1,
             }),
         })
@@ -151,17 +151,12 @@ impl Drop for PeerEntry {
     }
 }
 
-fn open<V: aya::Pod>(
-    paths: &Paths,
-    name: &'static str,
-) -> Result<HashMap<MapData, ConnKey, V>, Error> {
+/// The pinned map `name`, as map type `M`.
+fn open<M>(paths: &Paths, name: &'static str) -> Result<M, Error>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
     let err = |source| Error::Map { name, source };
     let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
-    HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
-}
-
-fn open_array(paths: &Paths, name: &'static str) -> Result<Array<MapData, ConnKey>, Error> {
-    let err = |source| Error::Map { name, source };
-    let data = MapData::from_pin(paths.maps().join(name)).map_err(err)?;
-    Array::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
+    M::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)
 }

@@ -60,6 +60,20 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 48);
 
+impl ConnKey {
+    /// The TCP connection from `src` to `dst`, as the destination sees it.
+    pub fn tcp(src: core::net::SocketAddr, dst: core::net::SocketAddr) -> Self {
+        Self {
+            src: Addr::from(src.ip()),
+            dst: Addr::from(dst.ip()),
+            src_port: src.port(),
+            dst_port: dst.port(),
+            proto: crate::IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `ZG_CONN_CLOSED`: the 5-tuples of recently closed connections (see the
 /// module doc).
 pub const CLOSED_MAP: &str = "ZG_CONN_CLOSED";

@@ -83,9 +83,9 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
                 return SK_PASS;
             }
         }
-        // A connection that is over: what still arrives on its 5-tuple is
-        // no connection attempt of its own (or none its identity may vouch
-        // for), judged as plaintext and not reported.
+        // Plaintext. On the 5-tuple of a connection that is over, what
+        // still arrives is no connection attempt of its own (or none its
+        // identity may vouch for): judged as plaintext, not reported.
         None => subject.quiet = recently_closed(&subject.conn),
     }
     match judge(&subject) {
@@ -102,7 +102,8 @@ fn recently_closed(conn: &ConnKey) -> bool {
         .is_some_and(|closed| closed == conn)
 }
 
-/// Take the identity (and original source) of a `ZG_CONN_PEER` entry; true if `connect()` already allowed the connection under this
+/// Take the identity (and original source) of a `ZG_CONN_PEER` entry;
+/// true if `connect()` already allowed the connection under this
 /// generation, which the accept side then honours.
 #[inline(always)]
 fn honoured(subject: &mut Subject, p: &ConnPeer) -> bool {
