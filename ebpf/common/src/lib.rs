@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;

@@ -3,7 +3,7 @@
 //! (fail-static) and a restarted agent adopts them.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -35,23 +35,30 @@ pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(workload::MAX_ENT
 #[map(name = "ZG_LISTENERS")]
 pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_ENTRIES, 0);
 
-/// Allocated per entry (`BPF_F_NO_PREALLOC`), like `ZG_SOCKETS`; its
-/// capacity still bounds it, and a full map fails closed.
+/// Every connection writes `ZG_SOCKETS`, `ZG_CONN_PEER` and `ZG_ACCEPTED`
+/// once and deletes from them once, so their elements are preallocated
+/// (the agent sizes them; about 0.4 KiB a connection in all): an insert
+/// pops a free element and a delete pushes it back, where an allocated
+/// map's per-CPU caches, emptied on one CPU and filled on another (a
+/// connection accepted on the client's CPU and closed on the server's),
+/// are refilled and trimmed by deferred `kmalloc`, RCU and `kfree` work.
+/// Measured on the lean loopback loop, 1.2 µs less program time per
+/// connection (8.7 → 7.5 µs). Both kinds reuse a deleted element at once,
+/// so a reader copies the value it looked up before acting on it.
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
-    HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(conn::MAX_ENTRIES, 0);
 
 /// The 5-tuples of recently closed connections, one per slot
 /// (`zgate_common::conn::closed_slot`).
 #[map(name = "ZG_CONN_CLOSED")]
 pub static CONN_CLOSED: Array<ConnKey> = Array::pinned(conn::CLOSED_SLOTS, 0);
 
-/// Entries only for live sockets (`BPF_F_NO_PREALLOC`): sized for every
-/// connection and listener, most of it is usually unused, and an element
-/// comes from the kernel's per-CPU cache rather than a shared free list.
+/// Entries only for live sockets: sized for every connection and listener;
+/// preallocated, like `ZG_CONN_PEER`.
 #[map(name = "ZG_SOCKETS")]
 pub static SOCKETS: HashMap<u64, SocketRecord> =
-    HashMap::pinned(socket::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(socket::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_REMOTE")]
 pub static REMOTE: HashMap<Addr, RemoteWorkload> = HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
@@ -103,8 +110,8 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
 
 /// The counters' key of each connection an enrolled workload accepted, by
-/// socket cookie (`zgate_common::socket::ACCEPTED_MAP`). Allocated per
-/// entry, like `ZG_SOCKETS`; sized by the agent like `ZG_CONN_PEER`.
+/// socket cookie (`zgate_common::socket::ACCEPTED_MAP`). Preallocated and
+/// sized by the agent like `ZG_CONN_PEER`.
 #[map(name = "ZG_ACCEPTED")]
 pub static ACCEPTED: HashMap<u64, ConnStatsKey> =
-    HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(conn::MAX_ENTRIES, 0);
