@@ -1,6 +1,8 @@
 //! Datapath benchmarks (`cargo xtask bench`, as root): connection setup rate
-//! (connect + accept + close over loopback) without zgate (client and server
-//! each in a plain cgroup, as deep as zgate's workloads) and with zgate
+//! (connect + accept + close over loopback, a server that greets and closes
+//! each connection on one thread, as in a `TCP_CRR`-style test) without
+//! zgate (client and server each in a plain cgroup, as deep as zgate's
+//! workloads) and with zgate
 //! enforcing 1, 1 000 and 10 000 rules, as ratios from the same run; the
 //! latency from a policy file change to the kernel's new verdict; and,
 //! between two nodes joined by a veth pair, bulk throughput and
@@ -17,7 +19,7 @@ mod harness;
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
@@ -31,9 +33,11 @@ use nix::{
 };
 
 const ADDR: &str = "127.0.0.1:8000";
-const ROUNDS: &str = "3000";
-/// A multiple of the four configurations: each starts as many rounds.
-const RUNS: usize = 16;
+/// Connections per batch: a few tens of milliseconds.
+const BATCH: u32 = 300;
+/// Batches per configuration and placement; a multiple of the four
+/// configurations, so each starts as many rounds.
+const ROUNDS: usize = 400;
 
 fn main() {
     // `cargo bench --bench datapath -- tunnel` runs one section.
@@ -55,7 +59,7 @@ fn main() {
 
 fn setup_rate() {
     println!(
-        "connection setup rate over loopback: connect+accept+close, median of {RUNS} rounds of {ROUNDS} connections, the configurations interleaved"
+        "connection setup rate over loopback: connect+accept+close, median of {ROUNDS} rounds of a {BATCH}-connection batch per configuration, interleaved; µs added: each batch against the baseline's of the same round, median and interquartile range"
     );
     let baseline = Node::bare("bench-baseline");
     // Without zgate a workload still runs in a cgroup of its own (a pod
@@ -83,48 +87,63 @@ fn setup_rate() {
         }
         // Servers and clients inherit this process's CPU set.
         let _pinned = cpu.map(Pinned::to);
-        let _plain = serve(plain.command(&baseline, "server"), addr);
+        let _plain = serve(plain.command(&baseline, "server"), "greet", addr);
         let _servers: Vec<_> = nodes
             .iter()
-            .map(|(_, node)| node.server("bench", "server", &["app=server"], addr))
+            .map(|(_, node)| {
+                let mut c = node.workload("bench", "server", &["app=server"]);
+                c.arg(probe_bin());
+                serve(c, "greet", addr)
+            })
             .collect();
-        // Round-robin, so load that drifts during the run hits every
-        // configuration alike; each round starts one configuration later,
-        // so none always runs right after the same one (what a run leaves
-        // behind on the core — deferred frees, RCU callbacks — lands on the
-        // next: measured, the configuration right after the baseline lost
-        // up to 15 µs a connection on one core, whichever it was).
-        let configs = nodes.len() + 1;
+        // One long-lived client per configuration, each in its own cgroup
+        // (a zgate workload, or a plain one), told to run short batches in
+        // turn: the host's load drifts over seconds, so batches a few
+        // milliseconds apart see the same, and each round's difference to
+        // the baseline's batch cancels it. Each round starts one
+        // configuration later, so none always runs right after the same
+        // one (what a batch leaves behind on the core — deferred frees, RCU
+        // callbacks — lands on the next).
+        let mut clients = vec![BatchClient::spawn(plain.command(&baseline, "client"), addr)];
+        for (_, node) in &nodes {
+            let mut c = node.workload("bench", "client", &[]);
+            c.arg(probe_bin());
+            clients.push(BatchClient::spawn(c, addr));
+        }
+        let configs = clients.len();
+        // Warm every path up before measuring.
+        for client in &mut clients {
+            client.run(BATCH);
+        }
+        // Seconds per connection, by configuration, round by round.
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs];
-        for round in 0..RUNS {
+        for round in 0..ROUNDS {
             for k in 0..configs {
                 let i = (round + k) % configs;
-                let c = match i {
-                    0 => {
-                        let mut c = plain.command(&baseline, "client");
-                        c.args(["bench", addr, ROUNDS]);
-                        c
-                    }
-                    _ => {
-                        let mut c = nodes[i - 1].1.workload("bench", "client", &[]);
-                        c.arg(probe_bin()).args(["bench", addr, ROUNDS]);
-                        c
-                    }
-                };
-                samples[i].push(rate_once(c));
+                samples[i].push(clients[i].run(BATCH) / f64::from(BATCH));
             }
         }
-        let base = median(&mut samples[0]);
+        drop(clients);
+        let base = median(&samples[0]);
         println!(
-            "{:>26} {:>12} {:>8} {:>14}",
-            "", "conn/s", "ratio", "µs/conn added"
+            "{:>26} {:>10} {:>7} {:>24}",
+            "", "conn/s", "ratio", "µs/conn added [IQR]"
         );
-        println!("{:>26} {base:>12.0} {:>8.3}", "no zgate", 1.0);
+        println!("{:>26} {:>10.0} {:>7.3}", "no zgate", 1.0 / base, 1.0);
         for (i, (rules, _)) in nodes.iter().enumerate() {
-            let r = median(&mut samples[i + 1]);
+            let t = median(&samples[i + 1]);
+            let added: Vec<f64> = samples[i + 1]
+                .iter()
+                .zip(&samples[0])
+                .map(|(z, b)| (z - b) * 1e6)
+                .collect();
+            let [low, mid, high] = [0.25, 0.5, 0.75].map(|q| quantile(&added, q));
             let label = format!("zgate, {rules} rules");
-            let added = (1.0 / r - 1.0 / base) * 1e6;
-            println!("{label:>26} {r:>12.0} {:>8.3} {added:>14.1}", r / base);
+            println!(
+                "{label:>26} {:>10.0} {:>7.3} {mid:>9.1} [{low:>5.1} .. {high:>5.1}]",
+                1.0 / t,
+                base / t
+            );
         }
     }
     // What each agent holds and has spent after its runs.
@@ -134,9 +153,16 @@ fn setup_rate() {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The `q` quantile of `v` (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank]
 }
 
 /// This process restricted to one CPU until dropped; processes it starts
@@ -197,7 +223,7 @@ fn tunnel() {
         &[],
     );
     let _mesh_server = b.server("bench", "server", &["app=server"], "10.99.8.20:8000");
-    let _plain_server = serve(b.command(probe_bin()), "10.99.8.2:9000");
+    let _plain_server = serve(b.command(probe_bin()), "serve", "10.99.8.2:9000");
     let plain = |mode: &str, arg: &str| {
         let mut c = a.command(probe_bin());
         c.args([mode, "10.99.8.2:9000", arg]);
@@ -343,20 +369,22 @@ fn config(rules: usize) -> String {
     y
 }
 
-/// A plain (not enrolled) server on `addr`, `probe` being the command that
-/// runs the probe; returns once it listens.
-fn serve(mut probe: Command, addr: &str) -> harness::Server {
+/// A server on `addr` in the probe's `mode` (`serve`, `greet`), `probe`
+/// being the command that runs the probe; returns once it listens.
+fn serve(mut probe: Command, mode: &str, addr: &str) -> harness::Server {
     let mut child = probe
-        .args(["serve", addr])
+        .args([mode, addr])
         .process_group(0)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting the server: {e}"));
+    let mut line = String::new();
     if let Some(out) = child.stdout.take() {
-        let mut line = String::new();
         let _ = BufReader::new(out).read_line(&mut line);
     }
-    harness::Server(child)
+    let server = harness::Server(child);
+    assert_eq!(line.trim(), "listening", "the server on {addr}");
+    server
 }
 
 /// Cgroups with no program attached, as deep below the cgroup v2 mount as
@@ -400,15 +428,53 @@ impl Drop for PlainCgroups {
     }
 }
 
-/// One run of the probe's `bench` mode: connections per second.
-fn rate_once(mut command: Command) -> f64 {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("running the probe: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.strip_prefix("rate ")
-        .and_then(|r| r.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the probe failed: {text}"))
+/// A probe in `batches` mode.
+struct BatchClient {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl BatchClient {
+    /// `probe` is the command that runs the probe.
+    fn spawn(mut probe: Command, addr: &str) -> Self {
+        let mut child = probe
+            .args(["batches", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting a client: {e}"));
+        let (stdin, Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            panic!("the client's stdout is not piped");
+        };
+        Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        }
+    }
+
+    /// Seconds `connections` rounds took.
+    fn run(&mut self, connections: u32) -> f64 {
+        let Some(stdin) = self.stdin.as_mut() else {
+            panic!("the client's stdin is closed");
+        };
+        writeln!(stdin, "{connections}").unwrap_or_else(|e| panic!("commanding a client: {e}"));
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line.strip_prefix("ns ")
+            .and_then(|ns| ns.trim().parse::<f64>().ok())
+            .map(|ns| ns / 1e9)
+            .unwrap_or_else(|| panic!("the client failed: {line}"))
+    }
+}
+
+impl Drop for BatchClient {
+    /// The end of its stdin ends the probe (and a workload's `zgate run`).
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 fn now_ns() -> u128 {

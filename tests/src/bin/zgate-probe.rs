@@ -3,6 +3,9 @@
 //!
 //! - `zgate-probe serve ADDR`: listen, print `listening`, greet and echo
 //!   each connection.
+//! - `zgate-probe greet ADDR`: listen, print `listening`, then greet and
+//!   close each connection in turn on one thread (a connection-setup
+//!   benchmark's server: nothing per connection but accept, write, close).
 //! - `zgate-probe connect ADDR [HOLD_SECS]`: print `connected`, `refused`,
 //!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
 //!   connection open and print `closed` / `reset` when the peer ends it,
@@ -14,6 +17,8 @@
 //! - `zgate-probe get ADDR PATH`: an HTTP/1.1 GET; prints the response.
 //! - `zgate-probe bench ADDR N`: N connect+accept+close rounds; prints
 //!   `rate <connections per second>`.
+//! - `zgate-probe batches ADDR`: for each number N read from stdin, N
+//!   rounds as `bench` does; prints `ns <elapsed>` for each batch.
 //! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
 //!   changes; prints `flip <outcome> <unix time in ns>` (or `steady`).
 //! - `zgate-probe sniff IFACE NEEDLE SECS`: capture every packet on IFACE
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
     let addr: Option<SocketAddr> = args.get(2).and_then(|a| a.parse().ok());
     match (args.get(1).map(String::as_str), addr) {
         (Some("serve"), Some(addr)) => serve(addr),
+        (Some("greet"), Some(addr)) => greet(addr),
         (Some("connect"), Some(addr)) => {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
         (Some("segment"), Some(addr)) => {
             segment(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0))
         }
+        (Some("batches"), Some(addr)) => batches(addr),
         (Some("flip"), Some(addr)) => {
             flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
         }
@@ -94,15 +101,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(addr: SocketAddr) {
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            println!("error: bind {addr}: {e}");
-            return;
-        }
+    let Some(listener) = listen(addr) else {
+        return;
     };
-    println!("listening");
-    let _ = std::io::stdout().flush();
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             let mut stream = stream;
@@ -115,6 +116,31 @@ fn serve(addr: SocketAddr) {
                 }
             }
         });
+    }
+}
+
+fn greet(addr: SocketAddr) {
+    let Some(listener) = listen(addr) else {
+        return;
+    };
+    for stream in listener.incoming().flatten() {
+        // Dropped at once: the server closes first.
+        let _ = (&stream).write_all(b"hello\n");
+    }
+}
+
+/// Bind `addr` and print `listening` (or the error).
+fn listen(addr: SocketAddr) -> Option<TcpListener> {
+    match TcpListener::bind(addr) {
+        Ok(l) => {
+            println!("listening");
+            let _ = std::io::stdout().flush();
+            Some(l)
+        }
+        Err(e) => {
+            println!("error: bind {addr}: {e}");
+            None
+        }
     }
 }
 
@@ -300,24 +326,38 @@ fn get(addr: SocketAddr, path: &str) {
 }
 
 fn bench(addr: SocketAddr, rounds: u32) {
+    match connect_rounds(addr, rounds) {
+        Ok(took) => println!("rate {:.0}", f64::from(rounds) / took.as_secs_f64()),
+        Err(e) => println!("{}", outcome(&e)),
+    }
+}
+
+/// `bench` on command, so a benchmark can interleave short batches of
+/// several clients: each line on stdin is a number of rounds; prints
+/// `ns <elapsed>` once they are done. Ends at the end of stdin.
+fn batches(addr: SocketAddr) {
+    for line in std::io::stdin().lines() {
+        let Some(rounds) = line.ok().and_then(|l| l.trim().parse().ok()) else {
+            return;
+        };
+        match connect_rounds(addr, rounds) {
+            Ok(took) => println!("ns {}", took.as_nanos()),
+            Err(e) => println!("{}", outcome(&e)),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// `rounds` connect+accept+close rounds, each reading the greeting (proof
+/// that the server accepted); the time they took.
+fn connect_rounds(addr: SocketAddr, rounds: u32) -> std::io::Result<Duration> {
     let started = Instant::now();
     for _ in 0..rounds {
-        match TcpStream::connect(addr) {
-            Ok(s) => {
-                // The greeting proves the server accepted the connection.
-                let mut b = [0u8; 6];
-                let _ = (&s).read_exact(&mut b);
-            }
-            Err(e) => {
-                println!("{}", outcome(&e));
-                return;
-            }
-        }
+        let s = TcpStream::connect(addr)?;
+        let mut b = [0u8; 6];
+        let _ = (&s).read_exact(&mut b);
     }
-    println!(
-        "rate {:.0}",
-        f64::from(rounds) / started.elapsed().as_secs_f64()
-    );
+    Ok(started.elapsed())
 }
 
 fn flip(addr: SocketAddr, secs: u64) {
