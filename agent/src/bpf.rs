@@ -28,7 +28,7 @@ use zgate_common::{
         TermBits, TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey,
     },
     redirect::{self, RemoteWorkload},
-    socket::{self, SocketRecord},
+    socket::{self, AcceptedSlot, SocketRecord},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
 };
@@ -161,7 +161,9 @@ pub struct Maps {
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
     pub sockets: HashMap<MapData, u64, SocketRecord>,
-    /// Counters' keys of the connections workloads accepted, by cookie.
+    /// Counters' keys of the connections workloads accepted, in the slot
+    /// their socket's cookie names, or by cookie when another holds it.
+    pub accepted_slots: Array<MapData, AcceptedSlot>,
     pub accepted: HashMap<MapData, u64, ConnStatsKey>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
@@ -597,6 +599,7 @@ impl Maps {
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
             sockets: take(ebpf, socket::MAP)?,
+            accepted_slots: take(ebpf, socket::ACCEPTED_SLOTS_MAP)?,
             accepted: take(ebpf, socket::ACCEPTED_MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,

@@ -509,7 +509,13 @@ impl State {
                 ),
                 usage(
                     "accepted connections",
-                    count(maps.accepted.keys().count()),
+                    count(maps.accepted.keys().count())
+                        + count(
+                            maps.accepted_slots
+                                .iter()
+                                .filter(|s| s.as_ref().is_ok_and(|s| s.cookie != 0))
+                                .count(),
+                        ),
                     sizes.connections,
                 ),
                 usage(

@@ -134,4 +134,5 @@ mod pod {
     unsafe impl aya::Pod for stats::ConnStatsKey {}
     unsafe impl aya::Pod for stats::ConnStats {}
     unsafe impl aya::Pod for socket::SocketRecord {}
+    unsafe impl aya::Pod for socket::AcceptedSlot {}
 }

@@ -14,20 +14,45 @@
 //!   `ZG_LISTENERS` entry `sock_release` removes (it may not read the
 //!   address itself). A bound socket that then connects keeps it.
 //! - An **accepted** socket has no record here: its counters' key is in
-//!   [`ACCEPTED_MAP`].
+//!   its slot of `ZG_ACCEPTED_SLOTS` or in [`ACCEPTED_MAP`].
 
-use crate::{conn::ConnKey, listener::ListenerKey};
+use crate::{conn::ConnKey, listener::ListenerKey, stats::ConnStatsKey};
 
 pub const MAP: &str = "ZG_SOCKETS";
 
-/// `ZG_ACCEPTED`: socket cookie → `stats::ConnStatsKey` of each connection
-/// an enrolled workload accepted, written by `sock_ops` at
-/// `PASSIVE_ESTABLISHED_CB` and taken at `TCP_CLOSE`, when its byte counts
-/// are added (every TCP socket passes through `TCP_CLOSE` before the kernel
-/// frees it). A hash, like this map, rather than socket-local storage:
+/// Where `sock_ops` keeps the `stats::ConnStatsKey` of each connection an
+/// enrolled workload accepted, from `PASSIVE_ESTABLISHED_CB` to
+/// `TCP_CLOSE`, when its byte counts are added (every TCP socket passes
+/// through `TCP_CLOSE` before the kernel frees it): the slot of
+/// `ZG_ACCEPTED_SLOTS` the socket's cookie names ([`accepted_slot`]), or,
+/// when a socket still open holds that slot, `ZG_ACCEPTED` (cookie → key).
+///
+/// The kernel hands cookies out from a counter, consecutively on each CPU,
+/// so the slots of successive connections are neighbours: a claim is one
+/// compare-and-swap on a warm cache line where a hash insert takes a
+/// bucket lock on a cold one (a cookie names a random bucket of a table
+/// megabytes long). A socket loses its slot only to one that is still open
+/// [`ACCEPTED_SLOTS`] cookies later. Neither is socket-local storage:
 /// creating a socket's storage allocates twice and charges the memory
-/// cgroup, which costs each connection more than an insert and a delete.
+/// cgroup, which costs more than a hash insert.
 pub const ACCEPTED_MAP: &str = "ZG_ACCEPTED";
+pub const ACCEPTED_SLOTS_MAP: &str = "ZG_ACCEPTED_SLOTS";
+pub const ACCEPTED_SLOTS: u32 = 65_536;
+
+/// A `ZG_ACCEPTED_SLOTS` element: free while `cookie` is 0 (no socket has
+/// cookie 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptedSlot {
+    pub cookie: u64,
+    pub stats: ConnStatsKey,
+}
+const _: () = assert!(size_of::<AcceptedSlot>() == 16);
+
+/// The `ZG_ACCEPTED_SLOTS` index of the socket `cookie`.
+pub const fn accepted_slot(cookie: u64) -> u32 {
+    (cookie % ACCEPTED_SLOTS as u64) as u32
+}
 
 /// `connect()` from an enrolled workload.
 pub const KIND_CONNECTING: u8 = 1;

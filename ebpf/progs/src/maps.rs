@@ -17,7 +17,7 @@ use zgate_common::{
         TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey, VERDICT_CACHE_ENTRIES,
     },
     redirect::{self, OrigDst, RemoteWorkload},
-    socket::{self, SocketRecord},
+    socket::{self, AcceptedSlot, SocketRecord},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
     Addr,
@@ -109,9 +109,13 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 #[map(name = "ZG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
 
-/// The counters' key of each connection an enrolled workload accepted, by
-/// socket cookie (`zgate_common::socket::ACCEPTED_MAP`). Preallocated and
-/// sized by the agent like `ZG_CONN_PEER`.
+/// The counters' key of each connection an enrolled workload accepted, in
+/// the slot its socket cookie names (`zgate_common::socket::ACCEPTED_MAP`).
+#[map(name = "ZG_ACCEPTED_SLOTS")]
+pub static ACCEPTED_SLOTS: Array<AcceptedSlot> = Array::pinned(socket::ACCEPTED_SLOTS, 0);
+
+/// The counters' keys whose slot another open socket holds, by cookie.
+/// Preallocated and sized by the agent like `ZG_CONN_PEER`.
 #[map(name = "ZG_ACCEPTED")]
 pub static ACCEPTED: HashMap<u64, ConnStatsKey> =
     HashMap::pinned(conn::MAX_ENTRIES, 0);

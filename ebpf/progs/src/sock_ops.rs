@@ -2,7 +2,7 @@
 //! connections under their 5-tuple, for the accept side on this node, and
 //! counts the connections enrolled workloads accepted: opened once
 //! established, closed with their byte counts (their counters' key kept
-//! under the socket's cookie in `ZG_ACCEPTED` meanwhile).
+//! meanwhile in the slot the socket's cookie names, `zgate_common::socket`).
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
 //! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
@@ -16,6 +16,8 @@
 //!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
+
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{
@@ -31,13 +33,13 @@ use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
     policy::IDENTITY_NONE,
     redirect::OrigDst,
-    socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
+    socket::{accepted_slot, Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
     stats::{ConnStats, ConnStatsKey},
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{ACCEPTED, CONN_PEER, ORIG_DST, SOCKETS},
+    maps::{ACCEPTED, ACCEPTED_SLOTS, CONN_PEER, ORIG_DST, SOCKETS},
     record::add_conn_count,
     verdict::{add_conn_stats, addr_v4, addr_v6, listener},
 };
@@ -142,12 +144,36 @@ fn on_accepted(ctx: &SockOpsContext) {
             received_bytes: 0,
         },
     );
-    // The state callbacks first: an entry is only ever written for a socket
-    // whose `TCP_CLOSE` will take it. No room: this connection's close goes
-    // uncounted; nothing else depends on the entry.
+    // The state callbacks first: a key is only ever kept for a socket whose
+    // `TCP_CLOSE` will take it. No room: this connection's close goes
+    // uncounted; nothing else depends on it.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_ok() {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = ACCEPTED.insert(&cookie, &stats, 0);
+        if !claim_slot(cookie, &stats) {
+            let _ = ACCEPTED.insert(&cookie, &stats, 0);
+        }
+    }
+}
+
+/// Keep `stats` in the socket `cookie`'s slot, if no other socket holds it.
+#[inline(always)]
+fn claim_slot(cookie: u64, stats: &ConnStatsKey) -> bool {
+    let Some(slot) = ACCEPTED_SLOTS.get_ptr_mut(accepted_slot(cookie)) else {
+        return false;
+    };
+    // SAFETY: a valid, aligned element for this program run. The cookie is
+    // claimed atomically (two sockets may name one slot at once); only this
+    // socket's own `TCP_CLOSE` reads the key after it.
+    unsafe {
+        let (_, claimed) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*slot).cookie,
+            0,
+            cookie,
+        );
+        if claimed {
+            (*slot).stats = *stats;
+        }
+        claimed
     }
 }
 
@@ -155,11 +181,14 @@ fn on_accepted(ctx: &SockOpsContext) {
 #[inline(never)]
 fn on_accepted_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain Copy value, copied out at once.
-    let Some(stats) = (unsafe { ACCEPTED.get(&cookie) }).copied() else {
+    let Some(stats) = take_slot(cookie).or_else(|| {
+        // SAFETY: a plain Copy value, copied out at once.
+        let stats = (unsafe { ACCEPTED.get(&cookie) }).copied()?;
+        let _ = ACCEPTED.remove(&cookie);
+        Some(stats)
+    }) else {
         return;
     };
-    let _ = ACCEPTED.remove(&cookie);
     // SAFETY: the context pointer is valid for the program's run.
     let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
     add_conn_stats(
@@ -172,6 +201,26 @@ fn on_accepted_close(ctx: &SockOpsContext) {
             received_bytes: received,
         },
     );
+}
+
+/// The counters' key in the socket `cookie`'s slot, freeing the slot; None
+/// if another socket holds it.
+#[inline(always)]
+fn take_slot(cookie: u64) -> Option<ConnStatsKey> {
+    let slot = ACCEPTED_SLOTS.get_ptr_mut(accepted_slot(cookie))?;
+    // SAFETY: a valid, aligned element for this program run; a slot holding
+    // this cookie is this socket's, and nothing else writes it until it is
+    // freed (the key is copied out first).
+    unsafe {
+        if (*slot).cookie != cookie {
+            return None;
+        }
+        let stats = (*slot).stats;
+        // An aligned 8-byte store is atomic (BPF has no ordered store
+        // before v4); a claim on another CPU sees the slot free or not.
+        core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+        Some(stats)
+    }
 }
 
 /// The connection as its destination sees it: source = our local end.
