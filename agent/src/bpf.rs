@@ -28,7 +28,7 @@ use zgate_common::{
         TermBits, TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey,
     },
     redirect::{self, RemoteWorkload},
-    socket::{self, AcceptedSlot, SocketRecord},
+    socket::{self, AcceptedSlot, SocketRecord, SocketSlot},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
 };
@@ -160,7 +160,12 @@ pub struct Maps {
     pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, u32>,
+    /// Socket records in the slot their cookie names, or in `sockets` when
+    /// another socket held it (`zgate_common::socket`).
+    pub socket_slots: Array<MapData, SocketSlot>,
     pub sockets: HashMap<MapData, u64, SocketRecord>,
+    /// Non-zero once the agent wrote into `sockets`.
+    pub sockets_by_agent: Array<MapData, u32>,
     /// Counters' keys of the connections workloads accepted, in the slot
     /// their socket's cookie names, or by cookie when another holds it.
     pub accepted_slots: Array<MapData, AcceptedSlot>,
@@ -598,7 +603,9 @@ impl Maps {
             events_dropped: take(ebpf, event::DROPPED_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
+            socket_slots: take(ebpf, socket::SLOTS_MAP)?,
             sockets: take(ebpf, socket::MAP)?,
+            sockets_by_agent: take(ebpf, socket::BY_AGENT_MAP)?,
             accepted_slots: take(ebpf, socket::ACCEPTED_SLOTS_MAP)?,
             accepted: take(ebpf, socket::ACCEPTED_MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,

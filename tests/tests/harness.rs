@@ -391,6 +391,16 @@ impl Node {
             .entries
     }
 
+    /// Wait up to `secs` for `done` to hold (map counts the kernel drains
+    /// as sockets go); panic with the agent's status if it does not.
+    pub fn wait_for(&self, secs: u64, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{}", self.zgate(&["status"]));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A second host on a /24: the node gets `<net>.1`, the peer host
     /// `<net>.2` and `<net>.3`.
     pub fn peer_host(&self, net: &str) -> PeerHost {

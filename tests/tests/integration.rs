@@ -593,18 +593,67 @@ fn socket_records_go_with_their_sockets() {
         Outcome::NotPermitted
     );
     assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while node.map_entries("sockets") != 1 || node.map_entries("accepted connections") != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            node.zgate(&["status"])
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    node.wait_for(5, |n| {
+        n.map_entries("sockets") == 1 && n.map_entries("accepted connections") == 0
+    });
     assert_eq!(node.map_entries("listeners"), 1);
     assert_eq!(node.map_entries("connections"), 0);
     assert_eq!(node.connection_entries(), (0, 0));
+}
+
+/// Socket records outnumbering their slots (`zgate_common::socket`,
+/// "Slots"): with 70 000 bound sockets open at once, more than the 65 536
+/// slots, the records whose slot an open socket held are in the hash, and
+/// each is still found — every bind is attributed, every listener goes with
+/// its socket — while a connection held open all along keeps its identity.
+#[test]
+fn socket_records_outnumbering_their_slots_are_all_kept() {
+    const BINDS: u32 = 70_000;
+    let listeners = (BINDS + 10).to_string();
+    let node = Node::start_with(
+        "socket_slots",
+        &[("demo.yaml", DEMO)],
+        &["--max-listeners", &listeners],
+    );
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let held = node.hold_as("ambient-demo", "sleep", ADDR, 120);
+    // Four workloads, each under the open-file limit.
+    let binders: Vec<_> = (0..4)
+        .map(|k| {
+            let mut c = node.workload("ambient-demo", "sleep", &[]);
+            let (n, first) = (BINDS / 4, k * BINDS / 4);
+            c.arg(probe_bin())
+                .args(["binds", &n.to_string(), &first.to_string()]);
+            let mut binder = harness::spawn_lines(c);
+            assert_eq!(binder.next_line(), format!("bound {n}"), "{}", node.log());
+            binder
+        })
+        .collect();
+    // The httpbin listener, the held connection's client and every bind.
+    assert_eq!(node.map_entries("listeners"), u64::from(BINDS) + 1);
+    assert_eq!(node.map_entries("sockets"), u64::from(BINDS) + 2);
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", ADDR),
+        Outcome::Connected
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "notsleep", ADDR),
+        Outcome::NotPermitted
+    );
+    drop(binders);
+    node.wait_for(60, |n| {
+        n.map_entries("listeners") == 1 && n.map_entries("sockets") == 2
+    });
+    // The held connection kept its records all along: still counted open,
+    // and when it goes, so does everything it left.
+    assert_eq!(node.map_entries("accepted connections"), 1);
+    assert_eq!(node.connection_entries(), (0, 1));
+    drop(held);
+    node.wait_for(10, |n| {
+        n.map_entries("sockets") == 1
+            && n.map_entries("accepted connections") == 0
+            && n.connection_entries() == (0, 0)
+    });
 }
 
 /// `/metrics` has the kernel's counters with Istio's labels after allowed

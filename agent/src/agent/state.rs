@@ -20,7 +20,7 @@ use zgate_common::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
     },
-    socket::{SocketRecord, FLAG_BOUND, KIND_BOUND},
+    socket::{self, SocketRecord, FLAG_BOUND, FLAG_BY_AGENT, KIND_BOUND},
     workload::Workload as KernelWorkload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
@@ -504,7 +504,13 @@ impl State {
                 ),
                 usage(
                     "sockets",
-                    count(maps.sockets.keys().count()),
+                    count(maps.sockets.keys().count())
+                        + count(
+                            maps.socket_slots
+                                .iter()
+                                .filter(|s| s.as_ref().is_ok_and(|s| s.cookie != 0))
+                                .count(),
+                        ),
                     sizes.sockets(),
                 ),
                 usage(
@@ -937,15 +943,27 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
         }
         let record = SocketRecord {
             kind: KIND_BOUND,
-            flags: FLAG_BOUND,
+            flags: FLAG_BOUND | FLAG_BY_AGENT,
             workload,
             bound: key,
             ..SocketRecord::default()
         };
-        let restored = maps
-            .listeners
-            .insert(key, workload, 0)
-            .and_then(|()| maps.sockets.insert(sock.cookie(), record, 0));
+        let cookie = sock.cookie();
+        // A record the kernel still holds for the socket says the same.
+        let recorded = maps
+            .socket_slots
+            .get(&socket::cookie_slot(cookie), 0)
+            .is_ok_and(|s| s.cookie == cookie);
+        // The flag first: the kernel looks for a socket's record in
+        // `ZG_SOCKETS` only where it knows one may be.
+        let restored = if recorded {
+            maps.listeners.insert(key, workload, 0)
+        } else {
+            maps.sockets_by_agent
+                .set(0, 1, 0)
+                .and_then(|()| maps.listeners.insert(key, workload, 0))
+                .and_then(|()| maps.sockets.insert(cookie, record, 0))
+        };
         match restored {
             Ok(()) => tracing::info!(workload, addr = %sock.local, "re-learned a listening socket"),
             Err(e) => {

@@ -135,4 +135,5 @@ mod pod {
     unsafe impl aya::Pod for stats::ConnStats {}
     unsafe impl aya::Pod for socket::SocketRecord {}
     unsafe impl aya::Pod for socket::AcceptedSlot {}
+    unsafe impl aya::Pod for socket::SocketSlot {}
 }

@@ -24,8 +24,9 @@ use zgate_common::{
 };
 
 use crate::{
-    maps::{LISTENERS, SOCKETS, WORKLOADS},
+    maps::{LISTENERS, WORKLOADS},
     record::unpublish,
+    slots,
     verdict::{addr_v4, addr_v6, deny_map_full, generation, Subject},
 };
 
@@ -55,15 +56,15 @@ pub fn zg_sock_release(ctx: SockContext) -> i32 {
     // An accepted connection has no record, and nothing to undo: its byte
     // counts come at `TCP_CLOSE`, after the FIN exchange.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: a plain Copy value, copied out at once.
-    let Some(record) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+    // SAFETY: this socket's own record, copied out at once.
+    let Some(record) = slots::record(cookie).map(|r| unsafe { *r }) else {
         return PROCEED;
     };
     if record.flags & FLAG_BOUND != 0 {
         let _ = LISTENERS.remove(&record.bound);
     }
     unpublish(&record, cookie);
-    let _ = SOCKETS.remove(&cookie);
+    slots::remove_record(cookie, &record);
     PROCEED
 }
 
@@ -92,9 +93,7 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
         bound: key,
         ..SocketRecord::default()
     };
-    if LISTENERS.insert(&key, &workload.id, 0).is_err()
-        || SOCKETS.insert(&cookie, &record, 0).is_err()
-    {
+    if LISTENERS.insert(&key, &workload.id, 0).is_err() || !slots::add_record(cookie, &record) {
         // A port the kernel cannot attribute would go unenforced: refuse the
         // bind (EPERM), fail closed and loudly.
         let _ = LISTENERS.remove(&key);

@@ -16,7 +16,6 @@
 //! `bpf_get_socket_cookie` here from 5.10.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -25,19 +24,18 @@ use aya_ebpf::{
 use zgate_common::{
     conn::ConnKey,
     event::HOOK_CONNECT,
-    socket::{Approval, SocketRecord, FLAG_BOUND, FLAG_CAPTURED, KIND_CONNECTING},
+    socket::{Approval, SocketRecord, FLAG_BOUND, FLAG_BY_AGENT, FLAG_CAPTURED, KIND_CONNECTING},
     workload::Workload,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONFIG, CONN_COUNT, REMOTE, SOCKETS, WORKLOADS},
+    maps::{CONFIG, CONN_COUNT, REMOTE, WORKLOADS},
     record::unpublish,
+    slots,
     verdict::{addr_v4, addr_v6, deny_map_full, generation, judge, listener, Subject, Verdict},
 };
 
-/// `-EEXIST`, as map updates return it.
-const EEXIST: i32 = 17;
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
@@ -145,24 +143,18 @@ fn save(cookie: u64, source: &Workload, approval: &Approval, flags: u8, conn: &C
         conn: *conn,
         ..SocketRecord::default()
     };
-    match SOCKETS.insert(&cookie, &record, u64::from(BPF_NOEXIST)) {
-        Ok(()) => true,
-        Err(e) if e == -EEXIST => {
-            let Some(old) = SOCKETS.get_ptr_mut(&cookie) else {
-                return false;
-            };
-            // SAFETY: this socket's own record; nothing else writes it while
-            // `connect()` holds the socket lock.
-            let old = unsafe { &mut *old };
-            unpublish(old, cookie);
-            let (flags, bound) = (old.flags & FLAG_BOUND, old.bound);
-            *old = record;
-            old.flags |= flags;
-            old.bound = bound;
-            true
-        }
-        Err(_) => false,
-    }
+    let Some(old) = slots::record(cookie) else {
+        return slots::add_record(cookie, &record);
+    };
+    // SAFETY: this socket's own record; nothing else writes it while
+    // `connect()` holds the socket lock.
+    let old = unsafe { &mut *old };
+    unpublish(old, cookie);
+    let (flags, bound) = (old.flags & (FLAG_BOUND | FLAG_BY_AGENT), old.bound);
+    *old = record;
+    old.flags |= flags;
+    old.bound = bound;
+    true
 }
 
 /// Redirect a connection to a remote mesh workload to the agent's outbound

@@ -14,6 +14,7 @@
 
 mod maps;
 mod record;
+mod slots;
 mod verdict;
 
 mod cgroup_sock;

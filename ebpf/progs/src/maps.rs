@@ -3,7 +3,7 @@
 //! (fail-static) and a restarted agent adopts them.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -17,7 +17,7 @@ use zgate_common::{
         TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey, VERDICT_CACHE_ENTRIES,
     },
     redirect::{self, OrigDst, RemoteWorkload},
-    socket::{self, AcceptedSlot, SocketRecord},
+    socket::{self, AcceptedSlot, SocketRecord, SocketSlot},
     stats::{self, ConnStats, ConnStatsKey, VerdictKey},
     workload::{self, Workload},
     Addr,
@@ -35,16 +35,14 @@ pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(workload::MAX_ENT
 #[map(name = "ZG_LISTENERS")]
 pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_ENTRIES, 0);
 
-/// Every connection writes `ZG_SOCKETS`, `ZG_CONN_PEER` and `ZG_ACCEPTED`
-/// once and deletes from them once, so their elements are preallocated
-/// (the agent sizes them; about 0.4 KiB a connection in all): an insert
-/// pops a free element and a delete pushes it back, where an allocated
-/// map's per-CPU caches, emptied on one CPU and filled on another (a
-/// connection accepted on the client's CPU and closed on the server's),
-/// are refilled and trimmed by deferred `kmalloc`, RCU and `kfree` work.
-/// Measured on the lean loopback loop, 1.2 µs less program time per
-/// connection (8.7 → 7.5 µs). Both kinds reuse a deleted element at once,
-/// so a reader copies the value it looked up before acting on it.
+/// Every connection between workloads inserts an entry and deletes it, so
+/// the elements are preallocated (the agent sizes the map): an insert pops
+/// a free element and a delete pushes it back, where an allocated map's
+/// per-CPU caches, emptied on one CPU and filled on another, are refilled
+/// and trimmed by deferred `kmalloc`, RCU and `kfree` work (measured with
+/// the socket maps, which were hashes then, 1.2 µs less program time per
+/// connection). Both kinds reuse a deleted element at once, so a reader
+/// copies the value it looked up before acting on it.
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
     HashMap::pinned(conn::MAX_ENTRIES, 0);
@@ -54,11 +52,19 @@ pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
 #[map(name = "ZG_CONN_CLOSED")]
 pub static CONN_CLOSED: Array<ConnKey> = Array::pinned(conn::CLOSED_SLOTS, 0);
 
-/// Entries only for live sockets: sized for every connection and listener;
-/// preallocated, like `ZG_CONN_PEER`.
+/// Socket records (`zgate_common::socket`), in the slot their socket's
+/// cookie names; `ZG_SOCKETS` has those whose slot another socket held.
+#[map(name = "ZG_SOCKET_SLOTS")]
+pub static SOCKET_SLOTS: Array<SocketSlot> = Array::pinned(socket::COOKIE_SLOTS, 0);
+
+/// Nearly always empty, so allocated per entry; sized by the agent for
+/// every connection and listener.
 #[map(name = "ZG_SOCKETS")]
 pub static SOCKETS: HashMap<u64, SocketRecord> =
-    HashMap::pinned(socket::MAX_ENTRIES, 0);
+    HashMap::pinned(socket::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "ZG_SOCKETS_BY_AGENT")]
+pub static SOCKETS_BY_AGENT: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "ZG_REMOTE")]
 pub static REMOTE: HashMap<Addr, RemoteWorkload> = HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
@@ -110,12 +116,13 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
 
 /// The counters' key of each connection an enrolled workload accepted, in
-/// the slot its socket cookie names (`zgate_common::socket::ACCEPTED_MAP`).
+/// the slot its socket cookie names (`zgate_common::socket`).
 #[map(name = "ZG_ACCEPTED_SLOTS")]
-pub static ACCEPTED_SLOTS: Array<AcceptedSlot> = Array::pinned(socket::ACCEPTED_SLOTS, 0);
+pub static ACCEPTED_SLOTS: Array<AcceptedSlot> = Array::pinned(socket::COOKIE_SLOTS, 0);
 
-/// The counters' keys whose slot another open socket holds, by cookie.
-/// Preallocated and sized by the agent like `ZG_CONN_PEER`.
+/// The counters' keys whose slot another open socket held, by cookie:
+/// nearly always empty, so allocated per entry; sized by the agent like
+/// `ZG_CONN_PEER`.
 #[map(name = "ZG_ACCEPTED")]
 pub static ACCEPTED: HashMap<u64, ConnStatsKey> =
-    HashMap::pinned(conn::MAX_ENTRIES, 0);
+    HashMap::pinned(conn::MAX_ENTRIES, BPF_F_NO_PREALLOC);

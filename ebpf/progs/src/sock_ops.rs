@@ -17,8 +17,6 @@
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
 
-use core::intrinsics::{atomic_cxchg, AtomicOrdering};
-
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
@@ -33,14 +31,15 @@ use zgate_common::{
     conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
     policy::IDENTITY_NONE,
     redirect::OrigDst,
-    socket::{accepted_slot, Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
+    socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
     stats::{ConnStats, ConnStatsKey},
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{ACCEPTED, ACCEPTED_SLOTS, CONN_PEER, ORIG_DST, SOCKETS},
+    maps::{CONN_PEER, ORIG_DST},
     record::add_conn_count,
+    slots,
     verdict::{add_conn_stats, addr_v4, addr_v6, listener},
 };
 
@@ -64,7 +63,7 @@ fn on_connect(ctx: &SockOpsContext) {
     // The connecting workload, as `connect4|6` saw it (`sock_ops` may not
     // read the current cgroup before 6.4; on 6.1 the verifier says
     // "unknown func bpf_get_current_cgroup_id#80").
-    let Some(record) = SOCKETS.get_ptr_mut(&cookie) else {
+    let Some(record) = slots::record(cookie) else {
         return;
     };
     // SAFETY: this socket's own record, written by `connect4|6` in this
@@ -149,31 +148,7 @@ fn on_accepted(ctx: &SockOpsContext) {
     // uncounted; nothing else depends on it.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_ok() {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if !claim_slot(cookie, &stats) {
-            let _ = ACCEPTED.insert(&cookie, &stats, 0);
-        }
-    }
-}
-
-/// Keep `stats` in the socket `cookie`'s slot, if no other socket holds it.
-#[inline(always)]
-fn claim_slot(cookie: u64, stats: &ConnStatsKey) -> bool {
-    let Some(slot) = ACCEPTED_SLOTS.get_ptr_mut(accepted_slot(cookie)) else {
-        return false;
-    };
-    // SAFETY: a valid, aligned element for this program run. The cookie is
-    // claimed atomically (two sockets may name one slot at once); only this
-    // socket's own `TCP_CLOSE` reads the key after it.
-    unsafe {
-        let (_, claimed) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            &raw mut (*slot).cookie,
-            0,
-            cookie,
-        );
-        if claimed {
-            (*slot).stats = *stats;
-        }
-        claimed
+        let _ = slots::add_accepted(cookie, &stats);
     }
 }
 
@@ -181,12 +156,7 @@ fn claim_slot(cookie: u64, stats: &ConnStatsKey) -> bool {
 #[inline(never)]
 fn on_accepted_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(stats) = take_slot(cookie).or_else(|| {
-        // SAFETY: a plain Copy value, copied out at once.
-        let stats = (unsafe { ACCEPTED.get(&cookie) }).copied()?;
-        let _ = ACCEPTED.remove(&cookie);
-        Some(stats)
-    }) else {
+    let Some(stats) = slots::take_accepted(cookie) else {
         return;
     };
     // SAFETY: the context pointer is valid for the program's run.
@@ -201,26 +171,6 @@ fn on_accepted_close(ctx: &SockOpsContext) {
             received_bytes: received,
         },
     );
-}
-
-/// The counters' key in the socket `cookie`'s slot, freeing the slot; None
-/// if another socket holds it.
-#[inline(always)]
-fn take_slot(cookie: u64) -> Option<ConnStatsKey> {
-    let slot = ACCEPTED_SLOTS.get_ptr_mut(accepted_slot(cookie))?;
-    // SAFETY: a valid, aligned element for this program run; a slot holding
-    // this cookie is this socket's, and nothing else writes it until it is
-    // freed (the key is copied out first).
-    unsafe {
-        if (*slot).cookie != cookie {
-            return None;
-        }
-        let stats = (*slot).stats;
-        // An aligned 8-byte store is atomic (BPF has no ordered store
-        // before v4); a claim on another CPU sees the slot free or not.
-        core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
-        Some(stats)
-    }
 }
 
 /// The connection as its destination sees it: source = our local end.

@@ -19,6 +19,10 @@
 //!   `rate <connections per second>`.
 //! - `zgate-probe batches ADDR`: for each number N read from stdin, N
 //!   rounds as `bench` does; prints `ns <elapsed>` for each batch.
+//! - `zgate-probe binds N [FIRST]`: bind N TCP sockets, the FIRSTth (0
+//!   by default) and on of 127.1.0.1:20000, 127.1.0.1:20001, … (40 000
+//!   ports an address, above the agent's own), and keep them open until
+//!   killed; prints `bound N`, or the first error.
 //! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
 //!   changes; prints `flip <outcome> <unix time in ns>` (or `steady`).
 //! - `zgate-probe sniff IFACE NEEDLE SECS`: capture every packet on IFACE
@@ -89,6 +93,10 @@ fn main() -> ExitCode {
             segment(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0))
         }
         (Some("batches"), Some(addr)) => batches(addr),
+        (Some("binds"), _) => {
+            let arg = |i: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
+            binds(arg(2), arg(3))
+        }
         (Some("flip"), Some(addr)) => {
             flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
         }
@@ -141,6 +149,33 @@ fn listen(addr: SocketAddr) -> Option<TcpListener> {
             println!("error: bind {addr}: {e}");
             None
         }
+    }
+}
+
+fn binds(n: u32, first: u32) {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let mut open = Vec::new();
+    for i in first..first.saturating_add(n) {
+        let [a, b] = u16::try_from(i / 40_000 + 1)
+            .unwrap_or(u16::MAX)
+            .to_be_bytes();
+        let addr = SockaddrIn::new(127, 1, a, b, 20_000 + (i % 40_000) as u16);
+        let bound = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .and_then(|fd| socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map(|()| fd));
+        match bound {
+            Ok(fd) => open.push(fd),
+            Err(e) => return println!("error: bind {addr}: {e}"),
+        }
+    }
+    println!("bound {}", open.len());
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
