@@ -20,7 +20,7 @@ use aya::{
 };
 use zgate_common::{
     config::{self, Config},
-    conn::{self, ConnKey, ConnPeer},
+    conn::{self, ConnKey, ConnPeer, ConnSlot},
     event,
     listener::{self, ListenerKey},
     policy::{
@@ -38,7 +38,7 @@ mod paths;
 mod preflight;
 mod writer;
 
-pub use conn_table::{ConnTable, PeerEntry};
+pub use conn_table::{held_slots, peer_of, ConnTable, PeerEntry};
 pub use paths::Paths;
 pub use preflight::preflight;
 pub use writer::PolicyWriter;
@@ -170,6 +170,9 @@ pub struct Maps {
     /// their socket's cookie names, or by cookie when another holds it.
     pub accepted_slots: Array<MapData, AcceptedSlot>,
     pub accepted: HashMap<MapData, u64, ConnStatsKey>,
+    /// Peers of connections between workloads on this node, in the slot
+    /// their 5-tuple names, or in `conn_peer` (`zgate_common::conn`).
+    pub conn_slots: Array<MapData, ConnSlot>,
     pub conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     /// Mesh workloads on other nodes: `connect()` to them is captured.
     pub remote: HashMap<MapData, zgate_common::Addr, RemoteWorkload>,
@@ -608,6 +611,7 @@ impl Maps {
             sockets_by_agent: take(ebpf, socket::BY_AGENT_MAP)?,
             accepted_slots: take(ebpf, socket::ACCEPTED_SLOTS_MAP)?,
             accepted: take(ebpf, socket::ACCEPTED_MAP)?,
+            conn_slots: take(ebpf, conn::SLOTS_MAP)?,
             conn_peer: take(ebpf, conn::MAP)?,
             remote: take(ebpf, redirect::REMOTE_MAP)?,
             verdict_cache: take(ebpf, policy::VERDICT_CACHE_MAP)?,

@@ -208,6 +208,19 @@ impl Node {
             .entries()
     }
 
+    /// The 5-tuples in this node's `ZG_CONN_PEER` (not its slots).
+    pub fn conn_peer_keys(&self) -> Vec<zgate_common::conn::ConnKey> {
+        let paths = zgate::bpf::Paths::new(Path::new("/sys/fs/bpf"), &self.netns);
+        let pin = paths.maps().join(zgate_common::conn::MAP);
+        let map = aya::maps::MapData::from_pin(&pin).expect("opening ZG_CONN_PEER");
+        let peers: aya::maps::HashMap<
+            _,
+            zgate_common::conn::ConnKey,
+            zgate_common::conn::ConnPeer,
+        > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).expect("a hash");
+        peers.keys().filter_map(Result::ok).collect()
+    }
+
     fn node_args(&self) -> Vec<String> {
         vec![
             "--cgroup-root".into(),

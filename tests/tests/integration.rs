@@ -10,7 +10,10 @@ mod soak;
 
 use harness::{probe_bin, run_ok, Node, Outcome};
 use nix::sys::signal::Signal;
+use std::net::SocketAddr;
+
 use zgate_common::{
+    conn::{conn_slot, ConnKey},
     event::{HOOK_ACCEPT, HOOK_CONNECT},
     policy::{REASON_ALLOW_MATCHED, REASON_NO_ALLOW_MATCHED},
 };
@@ -664,6 +667,66 @@ fn socket_records_outnumbering_their_slots_are_all_kept() {
             && n.map_entries("accepted connections") == 0
             && n.connection_entries() == (0, 0)
     });
+}
+
+/// Two open connections between workloads whose 5-tuples name the same
+/// peer slot (`zgate_common::conn`, "Slots"): the second one's peer goes
+/// to `ZG_CONN_PEER` instead, and both keep their identity at the accept
+/// side (the policy admits `sleep` only, so a connection that lost its
+/// peer would arrive as plaintext and be refused). Both leave nothing
+/// behind.
+#[test]
+fn connections_sharing_a_peer_slot_both_keep_their_identity() {
+    let node = Node::start("peer-slots", &[("demo.yaml", DEMO)]);
+    let second_addr = "127.0.0.1:8001";
+    let _servers = [ADDR, second_addr].map(|a| node.server("ambient-demo", "httpbin", &HTTPBIN, a));
+    let key = |src_port: u16, dst: &str| {
+        ConnKey::tcp(
+            SocketAddr::from(([127, 0, 0, 1], src_port)),
+            dst.parse().expect("an address"),
+        )
+    };
+    // The second source port is the one whose slot is the first one's: a
+    // slot is the port rotated right by one plus an offset, the slot of
+    // port 0. Both clear of the agent's own listeners.
+    let offset = conn_slot(&key(0, second_addr));
+    let (first, second) = (20_000..60_000)
+        .find_map(|p| {
+            let rotated = conn_slot(&key(p, ADDR)).wrapping_sub(offset) as u16;
+            let q = rotated.rotate_left(1);
+            (20_000..60_000).contains(&q).then_some((p, q))
+        })
+        .expect("two source ports naming one slot");
+    assert_eq!(
+        conn_slot(&key(first, ADDR)),
+        conn_slot(&key(second, second_addr))
+    );
+    let held: Vec<_> = [(first, ADDR), (second, second_addr)]
+        .into_iter()
+        .map(|(port, addr)| {
+            let mut c = node.workload("ambient-demo", "sleep", &[]);
+            c.arg(probe_bin())
+                .args(["connect", addr, "30"])
+                .env("PROBE_SOURCE", format!("127.0.0.1:{port}"));
+            let mut held = harness::spawn_lines(c);
+            assert_eq!(
+                held.next_line(),
+                "connected",
+                "from port {port} to {addr}:\n{}",
+                node.log()
+            );
+            held
+        })
+        .collect();
+    assert_eq!(node.connection_entries(), (0, 2));
+    let peers = node.conn_peer_keys();
+    assert!(
+        peers.contains(&key(second, second_addr)),
+        "the second connection's peer in ZG_CONN_PEER: {peers:?}"
+    );
+    assert!(!peers.contains(&key(first, ADDR)), "{peers:?}");
+    drop(held);
+    node.wait_for(10, |n| n.connection_entries() == (0, 0));
 }
 
 /// `/metrics` has the kernel's counters with Istio's labels after allowed

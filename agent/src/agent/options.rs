@@ -28,8 +28,9 @@ pub struct NodeOptions {
 
 /// Map capacities; when one is full, connections fail closed, loudly. The
 /// kernel reserves memory up front for about 0.2 KiB per connection (its
-/// identity) and 0.1 KiB per listener, plus 8 MiB of socket slots; the
-/// records of sockets beyond the slots' reach are allocated as needed.
+/// identity) and 0.1 KiB per listener, plus 12.5 MiB of socket and
+/// connection slots; the records of sockets beyond the slots' reach are
+/// allocated as needed.
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct Capacity {
     /// Connections of enrolled workloads whose peer identity the kernel

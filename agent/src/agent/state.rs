@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use zgate_common::{
     conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
@@ -251,7 +251,7 @@ impl State {
             // published: its entry lives as long as the client's socket,
             // which an established connection still has (a closed client
             // leaves the connection in CLOSE_WAIT, not listed here).
-            let peer = maps.conn_peer.get(&key, 0).ok();
+            let peer = bpf::peer_of(&maps.conn_slots, &maps.conn_peer, &key);
             let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
             let src = match peer {
                 Some(p) if p.original_src.family != 0 => p.original_src.into(),
@@ -505,13 +505,13 @@ impl State {
                 usage(
                     "sockets",
                     count(maps.sockets.keys().count())
-                        + held_slots(&maps.socket_slots, |s| s.cookie),
+                        + bpf::held_slots(&maps.socket_slots, |s| s.cookie),
                     sizes.sockets(),
                 ),
                 usage(
                     "accepted connections",
                     count(maps.accepted.keys().count())
-                        + held_slots(&maps.accepted_slots, |s| s.cookie),
+                        + bpf::held_slots(&maps.accepted_slots, |s| s.cookie),
                     sizes.connections,
                 ),
                 usage(
@@ -900,15 +900,6 @@ fn listener(map: &HashMap<MapData, ListenerKey, u32>, addr: &Addr, port: u16) ->
         };
         map.get(&key, 0).ok()
     })
-}
-
-/// The slots of a socket slot table (`zgate_common::socket`) that a
-/// socket holds (`cookie` non-zero).
-fn held_slots<T: aya::Pod>(slots: &Array<MapData, T>, cookie: impl Fn(&T) -> u64) -> u64 {
-    let held = slots
-        .iter()
-        .filter(|s| s.as_ref().is_ok_and(|s| cookie(s) != 0));
-    held.count() as u64
 }
 
 /// Re-learn the listening sockets of adopted workloads from the kernel's

@@ -2,7 +2,8 @@
 //! their own (opened from the pins): the original destination of each
 //! captured connection (`ZG_ORIG_DST`), and the authenticated peer of each
 //! connection the agent delivers after mTLS (`ZG_CONN_PEER`, noted in
-//! `ZG_CONN_CLOSED` once it closes).
+//! `ZG_CONN_CLOSED` once it closes); and reading the peers `sock_ops`
+//! records (`ZG_CONN_SLOTS`, `zgate_common::conn`).
 //!
 //! Why the proxies do not go through the state task for these: each entry
 //! is keyed by a 5-tuple only this connection has (the agent's own
@@ -15,9 +16,15 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError},
+    Pod,
+};
 use zgate_common::{
-    conn::{self, closed_slot, ConnKey, ConnPeer, ORIGIN_AGENT},
+    conn::{
+        self, closed_slot, conn_slot, ConnKey, ConnPeer, ConnSlot, ORIGIN_AGENT, ORIGIN_LOCAL,
+        SLOT_BUSY,
+    },
     redirect::{self, OrigDst},
     socket::Approval,
     Addr,
@@ -25,8 +32,8 @@ use zgate_common::{
 
 use super::{Error, Paths};
 
-/// Handles on `ZG_ORIG_DST`, `ZG_CONN_PEER` and `ZG_CONN_CLOSED`, shared by
-/// the proxy tasks.
+/// Handles on `ZG_ORIG_DST`, `ZG_CONN_PEER`, `ZG_CONN_CLOSED` and
+/// `ZG_CONN_SLOTS`, shared by the proxy tasks.
 pub struct ConnTable {
     maps: Mutex<Handles>,
 }
@@ -35,6 +42,7 @@ struct Handles {
     orig_dst: HashMap<MapData, ConnKey, OrigDst>,
     conn_peer: HashMap<MapData, ConnKey, ConnPeer>,
     conn_closed: Array<MapData, ConnKey>,
+    conn_slots: Array<MapData, ConnSlot>,
     /// `ConnPeer::owner` of the next registered connection.
     next_owner: u64,
 }
@@ -58,6 +66,7 @@ impl ConnTable {
                 orig_dst: open(paths, redirect::ORIG_DST_MAP)?,
                 conn_peer: open(paths, conn::MAP)?,
                 conn_closed: open(paths, conn::CLOSED_MAP)?,
+                conn_slots: open(paths, conn::SLOTS_MAP)?,
                 next_owner: 1,
             }),
         })
@@ -85,10 +94,8 @@ impl ConnTable {
         original_src: Addr,
     ) -> Result<Option<PeerEntry>, Error> {
         let mut maps = self.lock();
-        if maps
-            .conn_peer
-            .get(&key, 0)
-            .is_ok_and(|p| p.origin != ORIGIN_AGENT)
+        if peer_of(&maps.conn_slots, &maps.conn_peer, &key)
+            .is_some_and(|p| p.origin != ORIGIN_AGENT)
         {
             return Ok(None);
         }
@@ -120,7 +127,11 @@ impl ConnTable {
     /// not yet accepted, and open connections with a recorded peer.
     pub fn entries(&self) -> (usize, usize) {
         let maps = self.lock();
-        (maps.orig_dst.keys().count(), maps.conn_peer.keys().count())
+        let slots = held_slots(&maps.conn_slots, |s| s.owner);
+        (
+            maps.orig_dst.keys().count(),
+            maps.conn_peer.keys().count() + slots as usize,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {
@@ -149,6 +160,39 @@ impl Drop for PeerEntry {
             tracing::warn!(%error, "noting a relayed connection as closed");
         }
     }
+}
+
+/// The recorded peer of the connection `key` (`zgate_common::conn`): in
+/// its slot, as an `ORIGIN_LOCAL` entry, or in `ZG_CONN_PEER`.
+pub fn peer_of(
+    slots: &Array<MapData, ConnSlot>,
+    peers: &HashMap<MapData, ConnKey, ConnPeer>,
+    key: &ConnKey,
+) -> Option<ConnPeer> {
+    // A look-up copies the element without a lock, so a slot rewritten
+    // meanwhile may read torn: two equal reads are one slot's.
+    let read = || slots.get(&conn_slot(key), 0).ok();
+    let slot = read().filter(|s| s.owner != 0 && s.owner & SLOT_BUSY == 0 && s.key == *key);
+    match slot {
+        Some(s) if read() == Some(s) => Some(ConnPeer {
+            owner: s.owner,
+            identity: s.identity,
+            origin: ORIGIN_LOCAL,
+            original_src: Addr::default(),
+            approval: s.approval,
+            _pad: 0,
+        }),
+        _ => peers.get(key, 0).ok(),
+    }
+}
+
+/// The slots of a slot table (`zgate_common::socket`, `zgate_common::conn`)
+/// that are held (`owner` non-zero).
+pub fn held_slots<T: Pod>(slots: &Array<MapData, T>, owner: impl Fn(&T) -> u64) -> u64 {
+    let held = slots
+        .iter()
+        .filter(|s| s.as_ref().is_ok_and(|s| owner(s) != 0));
+    held.count() as u64
 }
 
 /// The pinned map `name`, as map type `M`.

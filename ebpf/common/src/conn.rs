@@ -29,6 +29,22 @@
 //! closes a second a slot keeps its 5-tuple for 0.8 s on average. A close
 //! costs one store and no look-up, and the accept side reads one slot only
 //! for segments no open connection vouches for.
+//!
+//! # Slots (`ZG_CONN_SLOTS`)
+//!
+//! A connection between two workloads on this node publishes its peer at
+//! `connect()`, is looked up by its destination at SYN time and once
+//! established, and is unpublished when its client closes: five hash
+//! operations, each hashing 48 bytes and locking a random bucket of a
+//! table a megabyte long. So `sock_ops` puts these peers in a
+//! direct-mapped array instead, [`SLOTS_MAP`], in the slot [`conn_slot`]
+//! names: successive connections from a client take neighbouring slots,
+//! and the destination's look-ups, on the same CPU over loopback, find
+//! the line still warm. A connection whose slot another open one holds
+//! goes to [`MAP`]; readers look in the slot first, then in [`MAP`],
+//! which also keeps every peer the agent records. A freed slot keeps its
+//! 5-tuple: for a connection closed there, that is its closed note, and
+//! nothing goes to [`CLOSED_MAP`].
 
 use crate::{socket::Approval, Addr};
 
@@ -56,7 +72,10 @@ pub struct ConnKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Scalars, not `[u8; 3]`: an array is zeroed by a call to `memset` in
+    // the eBPF programs.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(size_of::<ConnKey>() == 48);
 
@@ -69,7 +88,8 @@ impl ConnKey {
             src_port: src.port(),
             dst_port: dst.port(),
             proto: crate::IPPROTO_TCP,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }
@@ -85,17 +105,68 @@ const _: () = assert!(CLOSED_SLOTS.is_power_of_two());
 /// the same in the kernel and the agent.
 #[inline(always)]
 pub fn closed_slot(key: &ConnKey) -> u32 {
-    const GOLDEN: u32 = 0x9e37_79b1;
-    let word = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let mut h = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
-    for i in [0, 4, 8, 12] {
-        h = (h ^ word(&key.src.bytes, i)).wrapping_mul(GOLDEN);
-        h = (h ^ word(&key.dst.bytes, i)).wrapping_mul(GOLDEN);
-    }
-    h = (h ^ u32::from(key.proto)).wrapping_mul(GOLDEN);
+    let h = mix(
+        key,
+        (u32::from(key.src_port) << 16) | u32::from(key.dst_port),
+    );
     // The high bits are the well-mixed ones.
     h >> (32 - CLOSED_SLOTS.trailing_zeros())
 }
+
+/// `seed` mixed with `key`'s addresses and protocol (multiplicative).
+#[inline(always)]
+fn mix(key: &ConnKey, seed: u32) -> u32 {
+    const GOLDEN: u32 = 0x9e37_79b1;
+    let (src, dst) = (key.src.words(), key.dst.words());
+    let mut h = seed;
+    // The address words, not the family's.
+    for i in 1..5 {
+        h = (h ^ src[i]).wrapping_mul(GOLDEN);
+        h = (h ^ dst[i]).wrapping_mul(GOLDEN);
+    }
+    (h ^ u32::from(key.proto)).wrapping_mul(GOLDEN)
+}
+
+/// `ZG_CONN_SLOTS`: the peers `sock_ops` publishes for connections between
+/// workloads on this node (see "Slots" in the module doc).
+pub const SLOTS_MAP: &str = "ZG_CONN_SLOTS";
+/// Slots of [`SLOTS_MAP`] (4.5 MiB): one per source port.
+pub const CONN_SLOTS: u32 = 65_536;
+const _: () = assert!(CONN_SLOTS == 1 << 16);
+/// [`ConnSlot::owner`] while its writer fills the slot in.
+pub const SLOT_BUSY: u64 = 1 << 63;
+
+/// The [`SLOTS_MAP`] slot of `key`: its source port, offset by a hash of
+/// the rest, so one client's connections to one destination never take
+/// the same slot, and take nearby ones: the kernel picks a connection's
+/// ephemeral port a few even steps after the last one to that destination
+/// (2–16 on Linux 5.18 and later), so the port is rotated right by one
+/// first, and consecutive even ports name consecutive slots.
+#[inline(always)]
+pub fn conn_slot(key: &ConnKey) -> u32 {
+    let offset = mix(key, u32::from(key.dst_port)) >> 16;
+    (offset + u32::from(key.src_port.rotate_right(1))) & (CONN_SLOTS - 1)
+}
+
+/// A [`SLOTS_MAP`] element. Free while `owner` is 0; a freed slot keeps its
+/// connection's `key`, the closed-connection note for that 5-tuple until
+/// another connection takes the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSlot {
+    /// The connecting socket's cookie, with [`SLOT_BUSY`] while the rest
+    /// is being written. Readers take it (atomically) before and after the
+    /// rest, and trust what they read only if it did not change: cookies
+    /// are never reused, so an unchanged owner means an unchanged slot.
+    pub owner: u64,
+    pub key: ConnKey,
+    /// As [`ConnPeer::identity`].
+    pub identity: u32,
+    pub _pad: u32,
+    /// As [`ConnPeer::approval`].
+    pub approval: Approval,
+}
+const _: () = assert!(size_of::<ConnSlot>() == 72);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,7 +208,8 @@ mod tests {
             src_port,
             dst_port: 8000,
             proto: crate::IPPROTO_TCP,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 
@@ -153,5 +225,31 @@ mod tests {
         }
         // Random placement would fill about 8192 · (1 - e^(-1/8)) ≈ 963.
         assert!(used.iter().filter(|u| **u).count() > 950);
+    }
+
+    /// One client's connections to one destination: every source port its
+    /// own slot, and the next even port the next slot.
+    #[test]
+    fn conn_slots_follow_source_ports() {
+        let mut used = [false; CONN_SLOTS as usize];
+        for port in 0..=u16::MAX {
+            let slot = conn_slot(&key(port));
+            assert!(slot < CONN_SLOTS);
+            assert!(!used[slot as usize], "port {port} shares a slot");
+            used[slot as usize] = true;
+        }
+        for port in (32_768..60_998).step_by(2) {
+            assert_eq!(
+                conn_slot(&key(port + 2)),
+                (conn_slot(&key(port)) + 1) % CONN_SLOTS
+            );
+        }
+        let first = conn_slot(&key(32_768));
+        // Another destination port starts elsewhere.
+        let other = ConnKey {
+            dst_port: 8001,
+            ..key(32_768)
+        };
+        assert_ne!(conn_slot(&other), first);
     }
 }

@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -31,27 +31,18 @@ pub const IPPROTO_TCP: u8 = 6;
 /// An IPv4 or IPv6 address in network byte order. IPv4 uses the first four
 /// bytes and leaves the rest zero; IPv4-mapped IPv6 addresses are stored as
 /// IPv4 (as ztunnel canonicalises them), so a v4 CIDR matches them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialOrd, Ord)]
 pub struct Addr {
     pub family: u8,
     pub _pad: [u8; 3],
     pub bytes: [u8; 16],
 }
-const _: () = assert!(size_of::<Addr>() == 20);
+const _: () = assert!(size_of::<Addr>() == 20 && align_of::<Addr>() == 4);
 
 impl Addr {
     pub const fn v4(octets: [u8; 4]) -> Self {
-        let mut bytes = [0; 16];
-        bytes[0] = octets[0];
-        bytes[1] = octets[1];
-        bytes[2] = octets[2];
-        bytes[3] = octets[3];
-        Self {
-            family: AF_INET,
-            _pad: [0; 3],
-            bytes,
-        }
+        Self::from_words(AF_INET, [u32::from_ne_bytes(octets), 0, 0, 0])
     }
 
     /// An IPv6 address; IPv4-mapped ones (`::ffff:a.b.c.d`) become IPv4.
@@ -75,13 +66,60 @@ impl Addr {
         }
     }
 
+    /// An address from its four words in memory order, as the kernel's
+    /// network-order `u32` fields hold them (IPv4: `[addr, 0, 0, 0]`).
+    /// Built of words, so the eBPF programs write, copy and compare it
+    /// word by word (an array of bytes is zeroed and copied by calls to a
+    /// byte-at-a-time `memset`/`memcpy`).
+    pub const fn from_words(family: u8, words: [u32; 4]) -> Self {
+        let all = [
+            u32::from_ne_bytes([family, 0, 0, 0]),
+            words[0],
+            words[1],
+            words[2],
+            words[3],
+        ];
+        // SAFETY: `Addr` is `repr(C)`, 20 bytes of plain integers at
+        // 4-byte alignment: every bit pattern of five words is one, laid
+        // out as family, padding, bytes.
+        unsafe { core::mem::transmute::<[u32; 5], Self>(all) }
+    }
+
     /// The unspecified ("any") address of a family.
     pub const fn any(family: u8) -> Self {
-        Self {
-            family,
-            _pad: [0; 3],
-            bytes: [0; 16],
-        }
+        Self::from_words(family, [0, 0, 0, 0])
+    }
+
+    /// The address as five words: family (and padding), then the bytes.
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 5] {
+        // SAFETY: as in `from_words`, the other way round.
+        unsafe { core::mem::transmute::<Self, [u32; 5]>(*self) }
+    }
+}
+
+/// Word by word and without branches: the derived comparison of the byte
+/// array is sixteen byte loads a side in the eBPF programs.
+impl PartialEq for Addr {
+    #[inline(always)]
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+    }
+}
+
+impl Eq for Addr {}
+
+impl core::hash::Hash for Addr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.words().hash(state);
+    }
+}
+
+/// No family, all zero.
+impl Default for Addr {
+    fn default() -> Self {
+        Self::any(0)
     }
 }
 
@@ -114,6 +152,7 @@ mod pod {
     unsafe impl aya::Pod for config::Config {}
     unsafe impl aya::Pod for conn::ConnKey {}
     unsafe impl aya::Pod for conn::ConnPeer {}
+    unsafe impl aya::Pod for conn::ConnSlot {}
     unsafe impl aya::Pod for event::VerdictEvent {}
     unsafe impl aya::Pod for listener::ListenerKey {}
     unsafe impl aya::Pod for policy::TermBits {}

@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod maps;
+mod peers;
 mod record;
 mod slots;
 mod verdict;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use zgate_common::{
     config::Config,
-    conn::{self, ConnKey, ConnPeer},
+    conn::{self, ConnKey, ConnPeer, ConnSlot},
     event,
     listener::{self, ListenerKey},
     policy::{
@@ -46,6 +46,11 @@ pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_
 #[map(name = "ZG_CONN_PEER")]
 pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
     HashMap::pinned(conn::MAX_ENTRIES, 0);
+
+/// The peers of connections between workloads on this node, in the slot
+/// their 5-tuple names (`zgate_common::conn`, "Slots").
+#[map(name = "ZG_CONN_SLOTS")]
+pub static CONN_SLOTS: Array<ConnSlot> = Array::pinned(conn::CONN_SLOTS, 0);
 
 /// The 5-tuples of recently closed connections, one per slot
 /// (`zgate_common::conn::closed_slot`).

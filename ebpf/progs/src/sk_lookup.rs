@@ -23,14 +23,14 @@ use aya_ebpf::{
 };
 use zgate_common::{
     config::GENERATION_NONE,
-    conn::{closed_slot, ConnKey, ConnPeer},
+    conn::ConnKey,
     event::HOOK_ACCEPT,
     policy::IDENTITY_NONE,
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONN_CLOSED, CONN_PEER},
+    peers::{self, Peer},
     verdict::{addr_v4, addr_v6, generation, judge, listener, Subject, Verdict},
 };
 
@@ -52,7 +52,8 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
             src_port: u16::from_be(lk.remote_port),
             dst_port: lk.local_port as u16,
             proto: IPPROTO_TCP,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         },
         src_known: true,
         generation: 0,
@@ -76,17 +77,16 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     };
     subject.workload = workload;
     subject.generation = generation();
-    // SAFETY: read in place; the entry stays valid for this run (RCU).
-    match unsafe { CONN_PEER.get(&subject.conn) } {
+    match peers::lookup(&subject.conn) {
         Some(p) => {
-            if honoured(&mut subject, p) {
+            if honoured(&mut subject, &p) {
                 return SK_PASS;
             }
         }
         // Plaintext. On the 5-tuple of a connection that is over, what
         // still arrives is no connection attempt of its own (or none its
         // identity may vouch for): judged as plaintext, not reported.
-        None => subject.quiet = recently_closed(&subject.conn),
+        None => subject.quiet = peers::recently_closed(&subject.conn),
     }
     match judge(&subject) {
         Verdict::Deny => SK_DROP,
@@ -94,19 +94,11 @@ pub fn zg_sk_lookup(ctx: SkLookupContext) -> u32 {
     }
 }
 
-/// `conn` is in its `ZG_CONN_CLOSED` slot (`zgate_common::conn`).
-#[inline(always)]
-fn recently_closed(conn: &ConnKey) -> bool {
-    CONN_CLOSED
-        .get(closed_slot(conn))
-        .is_some_and(|closed| closed == conn)
-}
-
-/// Take the identity (and original source) of a `ZG_CONN_PEER` entry;
+/// Take the identity (and original source) of a recorded peer;
 /// true if `connect()` already allowed the connection under this
 /// generation, which the accept side then honours.
 #[inline(always)]
-fn honoured(subject: &mut Subject, p: &ConnPeer) -> bool {
+fn honoured(subject: &mut Subject, p: &Peer) -> bool {
     // Between workloads on this node `connect()` already decided, with
     // both identities and this generation's policy of this workload.
     let approved = p.approval.generation != GENERATION_NONE

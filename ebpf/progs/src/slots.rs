@@ -114,16 +114,35 @@ pub fn take_accepted(cookie: u64) -> Option<ConnStatsKey> {
 /// Claim a free slot (`*owner` 0) for the socket `cookie`.
 ///
 /// # Safety
-/// `owner` is a slot's cookie, valid and aligned for this program run.
+/// `owner` is a slot's owner word, valid and aligned for this program run.
 #[inline(always)]
 unsafe fn claim(owner: *mut u64, cookie: u64) -> bool {
     // SAFETY: the caller's.
-    let (_, claimed) = unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            owner, 0, cookie,
-        )
+    unsafe { swap(owner, 0, cookie) }
+}
+
+/// `*owner = new` if it is `old` (a full barrier, on every JIT).
+///
+/// # Safety
+/// As [`claim`].
+#[inline(always)]
+pub unsafe fn swap(owner: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: the caller's.
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(owner, old, new)
     };
-    claimed
+    swapped
+}
+
+/// `*owner`, read with a full barrier (an atomic no-op): what a reader
+/// reads after it, it reads after this.
+///
+/// # Safety
+/// As [`claim`].
+#[inline(always)]
+pub unsafe fn load(owner: *mut u64) -> u64 {
+    // SAFETY: the caller's.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(owner, 0) }
 }
 
 /// Free a slot its socket holds.
@@ -131,7 +150,7 @@ unsafe fn claim(owner: *mut u64, cookie: u64) -> bool {
 /// # Safety
 /// As [`claim`].
 #[inline(always)]
-unsafe fn release(owner: *mut u64) {
+pub unsafe fn release(owner: *mut u64) {
     // An aligned 8-byte store is atomic (BPF has no ordered store before
     // v4): a claim on another CPU sees the slot free or held.
     // SAFETY: the caller's.

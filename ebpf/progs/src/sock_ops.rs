@@ -5,9 +5,9 @@
 //! meanwhile in the slot the socket's cookie names, `zgate_common::socket`).
 //!
 //! At `TCP_CONNECT_CB` the source port is chosen and the SYN not yet sent,
-//! so the `ZG_CONN_PEER` entry exists before the destination's `sk_lookup`
+//! so the connection's peer is recorded (`peers`) before the destination's `sk_lookup`
 //! runs. The socket's record (`zgate_common::socket`) keeps the 5-tuple,
-//! and `sock_release` removes the entry: connecting sockets ask for no
+//! and `sock_release` removes it: connecting sockets ask for no
 //! state callbacks, so the rest of their life runs no program.
 //!
 //! A connection `connect4|6` redirected to the agent's outbound listener
@@ -28,16 +28,17 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use zgate_common::{
-    conn::{ConnKey, ConnPeer, ORIGIN_LOCAL},
+    conn::ConnKey,
     policy::IDENTITY_NONE,
     redirect::OrigDst,
     socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
     stats::{ConnStats, ConnStatsKey},
-    Addr, AF_INET, AF_INET6, IPPROTO_TCP,
+    AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONN_PEER, ORIG_DST},
+    maps::ORIG_DST,
+    peers,
     record::add_conn_count,
     slots,
     verdict::{add_conn_stats, addr_v4, addr_v6, listener},
@@ -89,24 +90,16 @@ fn on_connect(ctx: &SockOpsContext) {
         let _ = ORIG_DST.insert(&key, &orig, 0);
     }
     // An approval holds for the destination `connect()` judged, only.
-    let approved = record.conn.dst == key.dst && record.conn.dst_port == key.dst_port;
-    let peer = ConnPeer {
-        owner: cookie,
-        identity: record.identity,
-        origin: ORIGIN_LOCAL,
-        original_src: Addr::default(),
-        approval: if approved {
-            record.approval
-        } else {
-            Approval::default()
-        },
-        _pad: 0,
+    let approval = if record.conn.dst == key.dst && record.conn.dst_port == key.dst_port {
+        record.approval
+    } else {
+        Approval::default()
     };
     record.conn = key;
     record.flags |= FLAG_PUBLISHED;
     // `connect()` already refused this connection if the map was close to
-    // full (`conn::RESERVED`), so this insert has room.
-    if CONN_PEER.insert(&key, &peer, 0).is_ok() {
+    // full (`conn::RESERVED`), so a hash insert has room.
+    if peers::publish(&key, cookie, record.identity, approval) {
         add_conn_count(1);
     }
 }
@@ -130,8 +123,7 @@ fn on_accepted(ctx: &SockOpsContext) {
         dst_port: key.src_port,
         ..key
     };
-    // SAFETY: a plain Copy value, copied out at once.
-    let identity = unsafe { CONN_PEER.get(&inbound) }.map_or(IDENTITY_NONE, |p| p.identity);
+    let identity = peers::lookup(&inbound).map_or(IDENTITY_NONE, |p| p.identity);
     let stats = ConnStatsKey { identity, workload };
     add_conn_stats(
         &stats,
@@ -189,6 +181,7 @@ fn conn_key(ctx: &SockOpsContext) -> Option<ConnKey> {
         // little-endian hosts (`sock_ops_convert_ctx_access`).
         dst_port: u16::from_be((ctx.remote_port() >> 16) as u16),
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     })
 }

@@ -422,23 +422,19 @@ fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
     entry.submit(0);
 }
 
-/// An address from the kernel's `u32`/`[u32; 4]` network-order fields.
+/// An address from the kernel's `u32`/`[u32; 4]` network-order fields,
+/// word by word (`Addr::from_words`).
 #[inline(always)]
 pub fn addr_v4(raw: u32) -> Addr {
-    Addr::v4(raw.to_le_bytes())
+    Addr::from_words(AF_INET, [raw, 0, 0, 0])
 }
 
+/// As [`addr_v4`]; an IPv4-mapped address (`::ffff:a.b.c.d`) is stored as
+/// IPv4, as `Addr::v6` does.
 #[inline(always)]
 pub fn addr_v6(raw: [u32; 4]) -> Addr {
-    let mut b = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let w = raw[i].to_le_bytes();
-        b[i * 4] = w[0];
-        b[i * 4 + 1] = w[1];
-        b[i * 4 + 2] = w[2];
-        b[i * 4 + 3] = w[3];
-        i += 1;
+    if raw[0] == 0 && raw[1] == 0 && raw[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        return addr_v4(raw[3]);
     }
-    Addr::v6(b)
+    Addr::from_words(AF_INET6, raw)
 }

@@ -179,12 +179,14 @@ fn binds(n: u32, first: u32) {
     }
 }
 
-/// `PROBE_SOURCE=IP` binds the client to that source address first.
+/// `PROBE_SOURCE=IP` (or `IP:PORT`) binds the client to that source
+/// address (and port) first.
 fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let Some(source) = std::env::var("PROBE_SOURCE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
+    let Some(source) = std::env::var("PROBE_SOURCE").ok().and_then(|s| {
+        s.parse()
+            .ok()
+            .or_else(|| s.parse().ok().map(|ip| SocketAddr::new(ip, 0)))
+    }) else {
         return TcpStream::connect_timeout(&addr, Duration::from_secs(3));
     };
     use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -194,7 +196,7 @@ fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
         AddressFamily::Inet6
     };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    let local = SockaddrStorage::from(SocketAddr::new(source, 0));
+    let local = SockaddrStorage::from(source);
     socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local)?;
     socket::connect(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
