@@ -20,7 +20,6 @@ mod harness;
 use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -59,7 +58,7 @@ fn main() {
 
 fn setup_rate() {
     println!(
-        "connection setup rate over loopback: connect+accept+close, median of {ROUNDS} rounds of a {BATCH}-connection batch per configuration, interleaved; µs added: each batch against the baseline's of the same round, median and interquartile range"
+        "connection setup rate over loopback: connect+accept+close, median of {ROUNDS} rounds of a {BATCH}-connection batch per configuration, interleaved; ratio (baseline time / zgate time) and µs added: each batch against the baseline's of the same round, median and interquartile range"
     );
     let baseline = Node::bare("bench-baseline");
     // Without zgate a workload still runs in a cgroup of its own (a pod
@@ -124,25 +123,36 @@ fn setup_rate() {
             }
         }
         drop(clients);
-        let base = median(&samples[0]);
+        // Both the ratio and the cost are paired: each batch against the
+        // baseline's of the same round, then the median over rounds. (The
+        // ratio of the configurations' own medians compares batches run
+        // seconds apart, so the host's drift moves it by a few per cent
+        // from run to run.)
         println!(
-            "{:>26} {:>10} {:>7} {:>24}",
-            "", "conn/s", "ratio", "µs/conn added [IQR]"
+            "{:>26} {:>10} {:>7} {:>9} {:>24}",
+            "", "conn/s", "ratio", "[IQR]", "µs/conn added [IQR]"
         );
-        println!("{:>26} {:>10.0} {:>7.3}", "no zgate", 1.0 / base, 1.0);
+        println!(
+            "{:>26} {:>10.0} {:>7.3}",
+            "no zgate",
+            1.0 / median(&samples[0]),
+            1.0
+        );
         for (i, (rules, _)) in nodes.iter().enumerate() {
-            let t = median(&samples[i + 1]);
-            let added: Vec<f64> = samples[i + 1]
-                .iter()
-                .zip(&samples[0])
-                .map(|(z, b)| (z - b) * 1e6)
-                .collect();
-            let [low, mid, high] = [0.25, 0.5, 0.75].map(|q| quantile(&added, q));
+            let paired = |f: fn(f64, f64) -> f64| -> [f64; 3] {
+                let v: Vec<f64> = samples[i + 1]
+                    .iter()
+                    .zip(&samples[0])
+                    .map(|(z, b)| f(*z, *b))
+                    .collect();
+                [0.25, 0.5, 0.75].map(|q| quantile(&v, q))
+            };
+            let [r_low, ratio, r_high] = paired(|z, b| b / z);
+            let [low, mid, high] = paired(|z, b| (z - b) * 1e6);
             let label = format!("zgate, {rules} rules");
             println!(
-                "{label:>26} {:>10.0} {:>7.3} {mid:>9.1} [{low:>5.1} .. {high:>5.1}]",
-                1.0 / t,
-                base / t
+                "{label:>26} {:>10.0} {ratio:>7.3} [{r_low:.2}..{r_high:.2}] {mid:>9.1} [{low:>5.1} .. {high:>5.1}]",
+                1.0 / median(&samples[i + 1]),
             );
         }
     }
@@ -369,22 +379,10 @@ fn config(rules: usize) -> String {
     y
 }
 
-/// A server on `addr` in the probe's `mode` (`serve`, `greet`), `probe`
-/// being the command that runs the probe; returns once it listens.
-fn serve(mut probe: Command, mode: &str, addr: &str) -> harness::Server {
-    let mut child = probe
-        .args([mode, addr])
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting the server: {e}"));
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    let server = harness::Server(child);
-    assert_eq!(line.trim(), "listening", "the server on {addr}");
-    server
+/// A server on `addr` in the probe's `mode` (`harness::Server::start`).
+fn serve(probe: Command, mode: &str, addr: &str) -> harness::Server {
+    harness::Server::start(probe, mode, addr)
+        .unwrap_or_else(|line| panic!("the server on {addr}: {line}"))
 }
 
 /// Cgroups with no program attached, as deep below the cgroup v2 mount as

@@ -98,6 +98,29 @@ impl Held {
     }
 }
 
+impl Server {
+    /// Run `probe` (a command that starts the probe) as a server in `mode`
+    /// (`serve`, `greet`) on `addr`, in a process group of its own; the
+    /// line it printed instead of `listening` if it did not start.
+    pub fn start(mut probe: Command, mode: &str, addr: &str) -> Result<Self, String> {
+        let mut child = probe
+            .args([mode, addr])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the server: {e}"))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let server = Self(child);
+        match line.trim() {
+            "listening" => Ok(server),
+            other => Err(other.to_owned()),
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
@@ -352,24 +375,10 @@ impl Node {
 
     /// Start a server workload on `addr`; returns once it listens.
     pub fn server(&self, ns: &str, sa: &str, labels: &[&str], addr: &str) -> Server {
-        let mut child = self
-            .workload(ns, sa, labels)
-            .arg(probe_bin())
-            .args(["serve", addr])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the server workload");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        assert_eq!(
-            line.trim(),
-            "listening",
-            "server on {addr}:\n{}",
-            self.log()
-        );
-        Server(child)
+        let mut probe = self.workload(ns, sa, labels);
+        probe.arg(probe_bin());
+        Server::start(probe, "serve", addr)
+            .unwrap_or_else(|line| panic!("server on {addr}: {line}\n{}", self.log()))
     }
 
     /// Open a connection from a workload and keep it open for `secs`;

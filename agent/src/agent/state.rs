@@ -939,11 +939,14 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
             ..SocketRecord::default()
         };
         let cookie = sock.cookie();
-        // A record the kernel still holds for the socket says the same.
+        // A record the kernel still holds for the socket, in its slot or
+        // in the hash (its slot counts it there), says the same; replacing
+        // the one in the hash with the agent's would leave it counted.
         let recorded = maps
             .socket_slots
             .get(&socket::cookie_slot(cookie), 0)
-            .is_ok_and(|s| s.cookie == cookie);
+            .is_ok_and(|s| s.cookie == cookie)
+            || maps.sockets.get(&cookie, 0).is_ok();
         // The flag first: the kernel looks for a socket's record in
         // `ZG_SOCKETS` only where it knows one may be.
         let restored = if recorded {

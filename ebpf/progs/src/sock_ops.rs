@@ -136,11 +136,10 @@ fn on_accepted(ctx: &SockOpsContext) {
         },
     );
     // The state callbacks first: a key is only ever kept for a socket whose
-    // `TCP_CLOSE` will take it. No room: this connection's close goes
-    // uncounted; nothing else depends on it.
+    // `TCP_CLOSE` will take it.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32).is_ok() {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = slots::add_accepted(cookie, &stats);
+        slots::add_accepted(cookie, &stats);
     }
 }
 
