@@ -35,8 +35,9 @@
 //! A connection between two workloads on this node publishes its peer at
 //! `connect()`, is looked up by its destination at SYN time and once
 //! established, and is unpublished when its client closes: five hash
-//! operations, each hashing 48 bytes and locking a random bucket of a
-//! table a megabyte long. So `sock_ops` puts these peers in a
+//! operations, each hashing 48 bytes to a random bucket of a table a
+//! megabyte long (the insert and the delete locking it). So `sock_ops`
+//! puts these peers in a
 //! direct-mapped array instead, [`SLOTS_MAP`], in the slot [`conn_slot`]
 //! names: successive connections from a client take neighbouring slots,
 //! and the destination's look-ups, on the same CPU over loopback, find
