@@ -72,11 +72,14 @@ fn hbone_carries_allowed_and_resets_denied() {
         a.log(),
         b.log()
     );
-    b.wait_log("sa/notsleep", 0);
+    // The denial's own line (B's "new peer identity" line, logged before
+    // the connection was even tried, names the identity too).
+    let denied = "src.identity=spiffe://cluster.local/ns/ambient-demo/sa/notsleep";
+    b.wait_log(denied, 0);
     let log = b.log();
     assert!(
-        log.contains("src.identity=spiffe://cluster.local/ns/ambient-demo/sa/notsleep")
-            && log.contains("hook=\"accept\""),
+        log.lines()
+            .any(|l| l.contains(denied) && l.contains("hook=\"accept\"")),
         "{log}"
     );
     a.wait_log("refused by the destination's policy", 0);
