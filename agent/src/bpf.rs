@@ -16,7 +16,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, Program,
     },
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
 };
 use zgate_common::{
     config::{self, Config},
@@ -38,7 +38,7 @@ mod paths;
 mod preflight;
 mod writer;
 
-pub use conn_table::{held_slots, peer_of, ConnTable, PeerEntry};
+pub use conn_table::{peer_of, ConnTable, PeerEntry};
 pub use paths::Paths;
 pub use preflight::preflight;
 pub use writer::PolicyWriter;
@@ -154,7 +154,6 @@ pub struct Datapath {
 
 pub struct Maps {
     pub config: Array<MapData, Config>,
-    pub conn_count: Array<MapData, u64>,
     pub verdicts: PerCpuHashMap<MapData, VerdictKey, u64>,
     pub conn_stats: PerCpuHashMap<MapData, ConnStatsKey, ConnStats>,
     pub events_dropped: PerCpuArray<MapData, u64>,
@@ -188,6 +187,15 @@ pub struct PolicyMaps {
     pub port_bits: HashMap<MapData, PortBitsKey, TermBits>,
     pub ip_bits: LpmTrie<MapData, IpBitsKey, TermBits>,
     pub terms: HashMap<MapData, TermKey, TermInfo>,
+}
+
+/// The slots of a slot table (`zgate_common::socket`, `zgate_common::conn`)
+/// that are held (`owner` non-zero).
+pub fn held_slots<T: Pod>(slots: &Array<MapData, T>, owner: impl Fn(&T) -> u64) -> u64 {
+    let held = slots
+        .iter()
+        .filter(|s| s.as_ref().is_ok_and(|s| owner(s) != 0));
+    held.count() as u64
 }
 
 // === impl Datapath ===
@@ -600,7 +608,6 @@ impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         Ok(Self {
             config: take(ebpf, config::MAP)?,
-            conn_count: take(ebpf, conn::COUNT_MAP)?,
             verdicts: take(ebpf, stats::MAP)?,
             conn_stats: take(ebpf, stats::CONN_MAP)?,
             events_dropped: take(ebpf, event::DROPPED_MAP)?,

@@ -384,12 +384,24 @@ impl Node {
     /// Open a connection from a workload and keep it open for `secs`;
     /// returns once it is established.
     pub fn hold_as(&self, ns: &str, sa: &str, addr: &str, secs: u32) -> Held {
+        self.hold(self.workload(ns, sa, &[]), addr, secs)
+    }
+
+    /// As [`Node::hold_as`], from the source address `source` (`IP:PORT`).
+    pub fn hold_from(&self, ns: &str, sa: &str, source: &str, addr: &str, secs: u32) -> Held {
         let mut c = self.workload(ns, sa, &[]);
-        c.arg(probe_bin())
+        c.env("PROBE_SOURCE", source);
+        self.hold(c, addr, secs)
+    }
+
+    fn hold(&self, mut workload: Command, addr: &str, secs: u32) -> Held {
+        workload
+            .arg(probe_bin())
             .args(["connect", addr, &secs.to_string()]);
-        let mut held = spawn_lines(c);
+        let what = format!("{workload:?}");
+        let mut held = spawn_lines(workload);
         let line = held.next_line();
-        assert_eq!(line, "connected", "{ns}/{sa} to {addr}:\n{}", self.log());
+        assert_eq!(line, "connected", "{what}:\n{}", self.log());
         held
     }
 

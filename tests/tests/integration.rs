@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 
 use zgate_common::{
-    conn::{conn_slot, ConnKey},
+    conn::{conn_slot, ConnKey, CONN_SLOTS},
     event::{HOOK_ACCEPT, HOOK_CONNECT},
     policy::{REASON_ALLOW_MATCHED, REASON_NO_ALLOW_MATCHED},
 };
@@ -541,15 +541,20 @@ fn full_listener_map_refuses_the_bind() {
 
 /// When the kernel can track no more connection identities, `connect()`
 /// from a workload fails closed (EPERM) instead of going unrecorded; room
-/// comes back when connections close.
+/// comes back when connections close. The peers that fill `ZG_CONN_PEER`
+/// are those whose slot another open connection holds (a peer in its slot
+/// takes none of the hash's room), so the seven held connections come from
+/// sources whose connections all name one slot.
 #[test]
 fn full_connection_map_fails_closed() {
     // Capacity 1 030 less the agent's reserve of 1 024 leaves 6.
     let node = Node::start_with("full_connections", &[], &["--max-connections", "1030"]);
     let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
-    let held: Vec<_> = (0..6)
-        .map(|_| node.hold_as("ambient-demo", "sleep", ADDR, 30))
+    let held: Vec<_> = sources_sharing_a_peer_slot(ADDR, 7)
+        .iter()
+        .map(|source| node.hold_from("ambient-demo", "sleep", &source.to_string(), ADDR, 30))
         .collect();
+    assert_eq!(node.conn_peer_keys().len(), 6, "one peer in the slot");
     assert_eq!(
         node.connect_as("ambient-demo", "sleep", ADDR),
         Outcome::NotPermitted
@@ -678,55 +683,46 @@ fn socket_records_outnumbering_their_slots_are_all_kept() {
 #[test]
 fn connections_sharing_a_peer_slot_both_keep_their_identity() {
     let node = Node::start("peer-slots", &[("demo.yaml", DEMO)]);
-    let second_addr = "127.0.0.1:8001";
-    let _servers = [ADDR, second_addr].map(|a| node.server("ambient-demo", "httpbin", &HTTPBIN, a));
-    let key = |src_port: u16, dst: &str| {
-        ConnKey::tcp(
-            SocketAddr::from(([127, 0, 0, 1], src_port)),
-            dst.parse().expect("an address"),
-        )
-    };
-    // The second source port is the one whose slot is the first one's: a
-    // slot is the port rotated right by one plus an offset, the slot of
-    // port 0. Both clear of the agent's own listeners.
-    let offset = conn_slot(&key(0, second_addr));
-    let (first, second) = (20_000..60_000)
-        .find_map(|p| {
-            let rotated = conn_slot(&key(p, ADDR)).wrapping_sub(offset) as u16;
-            let q = rotated.rotate_left(1);
-            (20_000..60_000).contains(&q).then_some((p, q))
-        })
-        .expect("two source ports naming one slot");
-    assert_eq!(
-        conn_slot(&key(first, ADDR)),
-        conn_slot(&key(second, second_addr))
-    );
-    let held: Vec<_> = [(first, ADDR), (second, second_addr)]
-        .into_iter()
-        .map(|(port, addr)| {
-            let mut c = node.workload("ambient-demo", "sleep", &[]);
-            c.arg(probe_bin())
-                .args(["connect", addr, "30"])
-                .env("PROBE_SOURCE", format!("127.0.0.1:{port}"));
-            let mut held = harness::spawn_lines(c);
-            assert_eq!(
-                held.next_line(),
-                "connected",
-                "from port {port} to {addr}:\n{}",
-                node.log()
-            );
-            held
-        })
+    let _httpbin = node.server("ambient-demo", "httpbin", &HTTPBIN, ADDR);
+    let sources = sources_sharing_a_peer_slot(ADDR, 2);
+    let held: Vec<_> = sources
+        .iter()
+        .map(|source| node.hold_from("ambient-demo", "sleep", &source.to_string(), ADDR, 30))
         .collect();
     assert_eq!(node.connection_entries(), (0, 2));
-    let peers = node.conn_peer_keys();
-    assert!(
-        peers.contains(&key(second, second_addr)),
-        "the second connection's peer in ZG_CONN_PEER: {peers:?}"
+    let dst = ADDR.parse().expect("an address");
+    assert_eq!(
+        node.conn_peer_keys(),
+        [ConnKey::tcp(sources[1], dst)],
+        "only the second connection's peer in ZG_CONN_PEER"
     );
-    assert!(!peers.contains(&key(first, ADDR)), "{peers:?}");
     drop(held);
     node.wait_for(10, |n| n.connection_entries() == (0, 0));
+}
+
+/// `n` sources (`127.0.0.IP:PORT`, ports clear of the agent's listeners)
+/// whose connections to `dst` all name the same peer slot: a connection's
+/// slot is its source port rotated right by one plus the slot of port 0
+/// (`zgate_common::conn::conn_slot`).
+fn sources_sharing_a_peer_slot(dst: &str, n: usize) -> Vec<SocketAddr> {
+    let dst: SocketAddr = dst.parse().unwrap_or_else(|e| panic!("{dst}: {e}"));
+    let source = |ip: u8, port: u16| SocketAddr::from(([127, 0, 0, ip], port));
+    let slot_of = |s: SocketAddr| conn_slot(&ConnKey::tcp(s, dst));
+    let port_for = |ip: u8, slot: u32| {
+        let port = (slot.wrapping_sub(slot_of(source(ip, 0))) as u16).rotate_left(1);
+        (20_000..60_000).contains(&port).then_some(port)
+    };
+    let sources = (0..CONN_SLOTS)
+        .find_map(|slot| {
+            let sources: Vec<_> = (1..=u8::MAX)
+                .filter_map(|ip| Some(source(ip, port_for(ip, slot)?)))
+                .take(n)
+                .collect();
+            (sources.len() == n).then_some(sources)
+        })
+        .unwrap_or_else(|| panic!("no {n} sources naming one slot"));
+    assert!(sources.iter().all(|s| slot_of(*s) == slot_of(sources[0])));
+    sources
 }
 
 /// `/metrics` has the kernel's counters with Istio's labels after allowed

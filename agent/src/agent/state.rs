@@ -499,8 +499,13 @@ impl State {
                 ),
                 usage(
                     "connections",
-                    maps.conn_count.get(&0, 0).unwrap_or(0),
+                    count(maps.conn_peer.keys().count()),
                     sizes.connections,
+                ),
+                usage(
+                    "connection slots",
+                    bpf::held_slots(&maps.conn_slots, |s| s.owner),
+                    zgate_common::conn::CONN_SLOTS,
                 ),
                 usage(
                     "sockets",

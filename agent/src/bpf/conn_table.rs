@@ -16,21 +16,15 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError},
-    Pod,
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use zgate_common::{
-    conn::{
-        self, closed_slot, conn_slot, ConnKey, ConnPeer, ConnSlot, ORIGIN_AGENT, ORIGIN_LOCAL,
-        SLOT_BUSY,
-    },
+    conn::{self, closed_slot, conn_slot, ConnKey, ConnPeer, ConnSlot, ORIGIN_AGENT, ORIGIN_LOCAL},
     redirect::{self, OrigDst},
     socket::Approval,
     Addr,
 };
 
-use super::{Error, Paths};
+use super::{held_slots, Error, Paths};
 
 /// Handles on `ZG_ORIG_DST`, `ZG_CONN_PEER`, `ZG_CONN_CLOSED` and
 /// `ZG_CONN_SLOTS`, shared by the proxy tasks.
@@ -172,7 +166,7 @@ pub fn peer_of(
     // A look-up copies the element without a lock, so a slot rewritten
     // meanwhile may read torn: two equal reads are one slot's.
     let read = || slots.get(&conn_slot(key), 0).ok();
-    let slot = read().filter(|s| s.owner != 0 && s.owner & SLOT_BUSY == 0 && s.key == *key);
+    let slot = read().filter(|s| ConnSlot::published(s.owner) && s.key == *key);
     match slot {
         Some(s) if read() == Some(s) => Some(ConnPeer {
             owner: s.owner,
@@ -184,15 +178,6 @@ pub fn peer_of(
         }),
         _ => peers.get(key, 0).ok(),
     }
-}
-
-/// The slots of a slot table (`zgate_common::socket`, `zgate_common::conn`)
-/// that are held (`owner` non-zero).
-pub fn held_slots<T: Pod>(slots: &Array<MapData, T>, owner: impl Fn(&T) -> u64) -> u64 {
-    let held = slots
-        .iter()
-        .filter(|s| s.as_ref().is_ok_and(|s| owner(s) != 0));
-    held.count() as u64
 }
 
 /// The pinned map `name`, as map type `M`.

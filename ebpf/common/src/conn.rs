@@ -52,8 +52,6 @@ use crate::{socket::Approval, Addr};
 pub const MAP: &str = "ZG_CONN_PEER";
 /// Open connections by default.
 pub const MAX_ENTRIES: u32 = 65_536;
-/// `ZG_CONN_COUNT[0]`: open entries `sock_ops` has in `ZG_CONN_PEER`.
-pub const COUNT_MAP: &str = "ZG_CONN_COUNT";
 /// Entries kept free for the agent's own (mTLS-relayed) connections; past
 /// capacity less `RESERVED` (`config::Config::conn_limit`), `connect()` from
 /// a workload fails (EPERM) rather than let its identity go unrecorded.
@@ -168,6 +166,15 @@ pub struct ConnSlot {
     pub approval: Approval,
 }
 const _: () = assert!(size_of::<ConnSlot>() == 72);
+
+impl ConnSlot {
+    /// A slot whose owner word reads `owner` holds a published peer: held,
+    /// and not being written.
+    #[inline(always)]
+    pub const fn published(owner: u64) -> bool {
+        owner != 0 && owner & SLOT_BUSY == 0
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

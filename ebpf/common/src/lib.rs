@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -59,11 +59,9 @@ impl Addr {
         if mapped {
             return Self::v4([octets[12], octets[13], octets[14], octets[15]]);
         }
-        Self {
-            family: AF_INET6,
-            _pad: [0; 3],
-            bytes: octets,
-        }
+        // SAFETY: sixteen bytes are four words, in memory order.
+        let words = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(octets) };
+        Self::from_words(AF_INET6, words)
     }
 
     /// An address from its four words in memory order, as the kernel's

@@ -206,8 +206,9 @@ pub struct VerdictCacheKey {
     pub src_known: u8,
     /// Of both addresses (`Addr::family`).
     pub family: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// The addresses' words (`Addr::words`, without the family's).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
 }
 const _: () = assert!(size_of::<VerdictCacheKey>() == 48);
 

@@ -179,7 +179,7 @@ fn capture<const V6: bool>(ctx: &SockAddrContext, dst: &Addr) -> bool {
         return false;
     }
     let port = u32::from(port.to_be());
-    let b = outbound.bytes;
+    let [_family, a, b, c, d] = outbound.words();
     // SAFETY: connect4|6 may write `user_ip4`/`user_ip6` and `user_port`
     // (`sock_addr_is_valid_access`); the context is valid for the run.
     unsafe {
@@ -187,21 +187,15 @@ fn capture<const V6: bool>(ctx: &SockAddrContext, dst: &Addr) -> bool {
             // A v4 listener is reached from a v6 socket by its v4-mapped
             // address.
             let words = if outbound.family == AF_INET6 {
-                [word(&b, 0), word(&b, 4), word(&b, 8), word(&b, 12)]
+                [a, b, c, d]
             } else {
-                [0, 0, u32::from_le_bytes([0, 0, 0xff, 0xff]), word(&b, 0)]
+                [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), a]
             };
             (*ctx.sock_addr).user_ip6 = words;
         } else {
-            (*ctx.sock_addr).user_ip4 = word(&b, 0);
+            (*ctx.sock_addr).user_ip4 = a;
         }
         (*ctx.sock_addr).user_port = port;
     }
     true
-}
-
-/// Four address bytes as the kernel's network-order `u32` field.
-#[inline(always)]
-fn word(b: &[u8; 16], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }

@@ -77,6 +77,7 @@ pub static REMOTE: HashMap<Addr, RemoteWorkload> = HashMap::pinned(redirect::REM
 #[map(name = "ZG_ORIG_DST")]
 pub static ORIG_DST: HashMap<ConnKey, OrigDst> = HashMap::pinned(redirect::ORIG_DST_MAX_ENTRIES, 0);
 
+/// `[0]`: the entries `sock_ops` has in `ZG_CONN_PEER` (`peers`).
 #[map(name = "ZG_CONN_COUNT")]
 pub static CONN_COUNT: Array<u64> = Array::pinned(1, 0);
 

@@ -3,14 +3,16 @@
 //! was free, or `ZG_CONN_PEER`, for the others and for every connection
 //! the agent relayed.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use zgate_common::{
-    conn::{closed_slot, conn_slot, ConnKey, ConnPeer, SLOT_BUSY, ORIGIN_LOCAL},
+    conn::{closed_slot, conn_slot, ConnKey, ConnPeer, ConnSlot, ORIGIN_LOCAL, SLOT_BUSY},
     socket::Approval,
     Addr,
 };
 
 use crate::{
-    maps::{CONN_CLOSED, CONN_PEER, CONN_SLOTS},
+    maps::{CONN_CLOSED, CONN_COUNT, CONN_PEER, CONN_SLOTS},
     slots::{load, release, swap},
 };
 
@@ -24,9 +26,11 @@ pub struct Peer {
 }
 
 /// Record the peer of the connection `key`, which the socket `cookie`
-/// opens; false if there is no room.
+/// opens. With no room the destination sees a plaintext peer (fails
+/// closed); `connect()` refuses connections before the hash can fill
+/// (`zgate_common::conn::RESERVED`).
 #[inline(always)]
-pub fn publish(key: &ConnKey, cookie: u64, identity: u32, approval: Approval) -> bool {
+pub fn publish(key: &ConnKey, cookie: u64, identity: u32, approval: Approval) {
     if let Some(slot) = CONN_SLOTS.get_ptr_mut(conn_slot(key)) {
         // SAFETY: a valid, aligned element for this program run; a slot
         // claimed busy is this writer's alone, and readers ignore it until
@@ -38,7 +42,7 @@ pub fn publish(key: &ConnKey, cookie: u64, identity: u32, approval: Approval) ->
                 (*slot).identity = identity;
                 (*slot).approval = approval;
                 swap(owner, cookie | SLOT_BUSY, cookie);
-                return true;
+                return;
             }
         }
     }
@@ -50,7 +54,9 @@ pub fn publish(key: &ConnKey, cookie: u64, identity: u32, approval: Approval) ->
         approval,
         _pad: 0,
     };
-    CONN_PEER.insert(key, &peer, 0).is_ok()
+    if CONN_PEER.insert(key, &peer, 0).is_ok() {
+        add_conn_count(1);
+    }
 }
 
 /// The recorded peer of the connection `key`, if any.
@@ -62,7 +68,7 @@ pub fn lookup(key: &ConnKey) -> Option<Peer> {
         // (`zgate_common::conn::ConnSlot::owner`).
         unsafe {
             let owner = load(&raw mut (*slot).owner);
-            if owner != 0 && owner & SLOT_BUSY == 0 && (*slot).key == *key {
+            if ConnSlot::published(owner) && (*slot).key == *key {
                 let peer = Peer {
                     identity: (*slot).identity,
                     approval: (*slot).approval,
@@ -75,39 +81,79 @@ pub fn lookup(key: &ConnKey) -> Option<Peer> {
         }
     }
     // SAFETY: a plain Copy value, copied out at once.
-    unsafe { CONN_PEER.get(key) }.map(|p| Peer {
+    unsafe { CONN_PEER.get(key) }.map(peer)
+}
+
+/// What the accept side needs of a `ZG_CONN_PEER` entry.
+#[inline(always)]
+fn peer(p: &ConnPeer) -> Peer {
+    Peer {
         identity: p.identity,
         approval: p.approval,
         original_src: p.original_src,
-    })
+    }
+}
+
+/// The recorded peer of the connection `key`, read without the owner's
+/// barriers: for counters only, which a racing writer can make wrong,
+/// never a verdict. (Each barrier is a locked instruction, which waits
+/// for every store the CPU has pending.)
+#[inline(always)]
+pub fn peek(key: &ConnKey) -> Option<Peer> {
+    let in_slot = CONN_SLOTS
+        .get(conn_slot(key))
+        .filter(|s| ConnSlot::published(s.owner) && s.key == *key);
+    match in_slot {
+        Some(s) => Some(Peer {
+            identity: s.identity,
+            approval: s.approval,
+            original_src: Addr::default(),
+        }),
+        // SAFETY: a plain Copy value, copied out at once.
+        None => unsafe { CONN_PEER.get(key) }.map(peer),
+    }
 }
 
 /// Remove the peer of the connection `key` if the socket `cookie` still
 /// owns it (else a newer connection on the 5-tuple replaced it, or it was
-/// never recorded), noting the 5-tuple as closed; true if it did.
+/// never recorded), noting the 5-tuple as closed.
 #[inline(never)]
-pub fn remove(key: &ConnKey, cookie: u64) -> bool {
+pub fn remove(key: &ConnKey, cookie: u64) {
     if let Some(slot) = CONN_SLOTS.get_ptr_mut(conn_slot(key)) {
         // SAFETY: a valid, aligned element for this program run; only this
         // socket writes its own cookie there. The freed slot keeps `key`.
         unsafe {
             if (*slot).owner == cookie {
                 release(&raw mut (*slot).owner);
-                return true;
+                return;
             }
         }
     }
     // SAFETY: a plain Copy value, read at once.
     let owned = unsafe { CONN_PEER.get(key) }.is_some_and(|p| p.is_owned_by(ORIGIN_LOCAL, cookie));
     if !owned || CONN_PEER.remove(key).is_err() {
-        return false;
+        return;
     }
+    add_conn_count(u64::MAX);
     if let Some(closed) = CONN_CLOSED.get_ptr_mut(closed_slot(key)) {
         // SAFETY: a valid element for this program run; a plain store (two
         // closes storing at once may tear it, which only loses the note).
         unsafe { *closed = *key };
     }
-    true
+}
+
+/// `ZG_CONN_COUNT[0] += delta` (wrapping: `u64::MAX` subtracts one): the
+/// entries `sock_ops` has in `ZG_CONN_PEER`. Peers in slots take none of
+/// its room, and their connections never touch the count's line, which
+/// every CPU's `connect()` reads.
+#[inline(always)]
+fn add_conn_count(delta: u64) {
+    if let Some(p) = CONN_COUNT.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned u64 in the map, shared by every CPU, so
+        // updated with an atomic add (BPF `lock xadd`); core's `AtomicU64`
+        // has no `fetch_add` on the BPF target.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
+    }
 }
 
 /// `key` is a recently closed connection's: its slot is free and still

@@ -28,6 +28,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use zgate_common::{
+    config::GENERATION_NONE,
     conn::ConnKey,
     policy::IDENTITY_NONE,
     redirect::OrigDst,
@@ -39,7 +40,6 @@ use zgate_common::{
 use crate::{
     maps::ORIG_DST,
     peers,
-    record::add_conn_count,
     slots,
     verdict::{add_conn_stats, addr_v4, addr_v6, listener},
 };
@@ -97,25 +97,24 @@ fn on_connect(ctx: &SockOpsContext) {
     };
     record.conn = key;
     record.flags |= FLAG_PUBLISHED;
-    // `connect()` already refused this connection if the map was close to
-    // full (`conn::RESERVED`), so a hash insert has room.
-    if peers::publish(&key, cookie, record.identity, approval) {
-        add_conn_count(1);
-    }
+    peers::publish(&key, cookie, record.identity, approval);
 }
 
 /// An accepted connection to an enrolled workload: count it opened, and
 /// remember whose it is, so its byte counts are added to the Istio TCP
 /// metrics when it closes.
+///
+/// A connection `connect()` approved names its destination workload in
+/// its peer's approval: no listener look-up for those. Only counters
+/// depend on either (hence the peer read without barriers): a port that
+/// changed hands between `connect()` and the SYN, which `sk_lookup` then
+/// judged for its new owner, counts for the old one.
 #[inline(never)]
 fn on_accepted(ctx: &SockOpsContext) {
     let Some(key) = conn_key(ctx) else {
         return;
     };
     // `conn_key` is the local end's view; the accept side's is reversed.
-    let Some(workload) = listener(&key.src, key.src_port) else {
-        return;
-    };
     let inbound = ConnKey {
         src: key.dst,
         dst: key.src,
@@ -123,7 +122,15 @@ fn on_accepted(ctx: &SockOpsContext) {
         dst_port: key.src_port,
         ..key
     };
-    let identity = peers::lookup(&inbound).map_or(IDENTITY_NONE, |p| p.identity);
+    let peer = peers::peek(&inbound);
+    let approved = peer
+        .as_ref()
+        .filter(|p| p.approval.generation != GENERATION_NONE)
+        .map(|p| p.approval.workload);
+    let Some(workload) = approved.or_else(|| listener(&key.src, key.src_port)) else {
+        return;
+    };
+    let identity = peer.map_or(IDENTITY_NONE, |p| p.identity);
     let stats = ConnStatsKey { identity, workload };
     add_conn_stats(
         &stats,

@@ -104,6 +104,11 @@ pub fn generation() -> u32 {
 /// would not fit one 512-byte stack frame together.
 #[inline(never)]
 pub fn judge(subject: &Subject) -> Verdict {
+    let [_, s0, s1, s2, s3] = subject.conn.src.words();
+    let [_, d0, d1, d2, d3] = subject.conn.dst.words();
+    // The source left zero at `connect()`, by a mask: a zeroed array is a
+    // call to `memset`.
+    let known = 0u32.wrapping_sub(u32::from(subject.src_known));
     let key = VerdictCacheKey {
         generation: subject.generation,
         workload: subject.workload,
@@ -111,12 +116,8 @@ pub fn judge(subject: &Subject) -> Verdict {
         dst_port: subject.conn.dst_port,
         src_known: u8::from(subject.src_known),
         family: subject.conn.dst.family,
-        src: if subject.src_known {
-            subject.conn.src.bytes
-        } else {
-            [0; 16]
-        },
-        dst: subject.conn.dst.bytes,
+        src: [s0 & known, s1 & known, s2 & known, s3 & known],
+        dst: [d0, d1, d2, d3],
     };
     // SAFETY: a plain Copy value, copied out at once.
     let verdict = match unsafe { VERDICT_CACHE.get(&key) } {
