@@ -9,8 +9,8 @@
 #![no_main]
 // No library calls made up by the optimizer: LLVM merges runs of zero
 // stores into `memset`, which the BPF backend leaves a call to aya-ebpf's
-// byte-at-a-time loop (18 of them on the programs' paths, each a
-// subprogram call with its return).
+// byte-at-a-time loop (18 call sites in the object, several on every
+// connection's path, each a subprogram call with its return).
 #![no_builtins]
 // `atomic_xadd`: the BPF target has no atomic read-modify-write in core.
 #![feature(core_intrinsics)]

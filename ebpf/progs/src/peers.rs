@@ -25,6 +25,29 @@ pub struct Peer {
     pub original_src: Addr,
 }
 
+impl Peer {
+    /// The peer a published slot holds: an enrolled workload on this node,
+    /// from the packet's own source.
+    #[inline(always)]
+    fn in_slot(s: &ConnSlot) -> Self {
+        Self {
+            identity: s.identity,
+            approval: s.approval,
+            original_src: Addr::default(),
+        }
+    }
+
+    /// The peer a `ZG_CONN_PEER` entry holds.
+    #[inline(always)]
+    fn in_entry(p: &ConnPeer) -> Self {
+        Self {
+            identity: p.identity,
+            approval: p.approval,
+            original_src: p.original_src,
+        }
+    }
+}
+
 /// Record the peer of the connection `key`, which the socket `cookie`
 /// opens. With no room the destination sees a plaintext peer (fails
 /// closed); `connect()` refuses connections before the hash can fill
@@ -69,11 +92,7 @@ pub fn lookup(key: &ConnKey) -> Option<Peer> {
         unsafe {
             let owner = load(&raw mut (*slot).owner);
             if ConnSlot::published(owner) && (*slot).key == *key {
-                let peer = Peer {
-                    identity: (*slot).identity,
-                    approval: (*slot).approval,
-                    original_src: Addr::default(),
-                };
+                let peer = Peer::in_slot(&*slot);
                 if load(&raw mut (*slot).owner) == owner {
                     return Some(peer);
                 }
@@ -81,17 +100,7 @@ pub fn lookup(key: &ConnKey) -> Option<Peer> {
         }
     }
     // SAFETY: a plain Copy value, copied out at once.
-    unsafe { CONN_PEER.get(key) }.map(peer)
-}
-
-/// What the accept side needs of a `ZG_CONN_PEER` entry.
-#[inline(always)]
-fn peer(p: &ConnPeer) -> Peer {
-    Peer {
-        identity: p.identity,
-        approval: p.approval,
-        original_src: p.original_src,
-    }
+    unsafe { CONN_PEER.get(key) }.map(Peer::in_entry)
 }
 
 /// The recorded peer of the connection `key`, read without the owner's
@@ -104,13 +113,9 @@ pub fn peek(key: &ConnKey) -> Option<Peer> {
         .get(conn_slot(key))
         .filter(|s| ConnSlot::published(s.owner) && s.key == *key);
     match in_slot {
-        Some(s) => Some(Peer {
-            identity: s.identity,
-            approval: s.approval,
-            original_src: Addr::default(),
-        }),
+        Some(s) => Some(Peer::in_slot(s)),
         // SAFETY: a plain Copy value, copied out at once.
-        None => unsafe { CONN_PEER.get(key) }.map(peer),
+        None => unsafe { CONN_PEER.get(key) }.map(Peer::in_entry),
     }
 }
 
