@@ -22,7 +22,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use harness::{probe_bin, Node};
@@ -156,10 +156,22 @@ fn setup_rate() {
             );
         }
     }
-    // What each agent holds and has spent after its runs.
+    // What each agent holds and has spent after its runs, and how long a
+    // metrics scrape takes (the agent's command loop is busy meanwhile), as
+    // a client sees it, its process start included: median of five.
     for (rules, node) in &nodes {
         let (rss_kib, cpu_secs) = node.agent_pid().map_or((0, 0.0), agent_usage);
-        println!("agent with {rules} rules: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s");
+        let scrapes: Vec<f64> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                node.http_get("127.0.0.1:15020", "/metrics");
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        println!(
+            "agent with {rules} rules: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s, metrics scrape {:.1} ms",
+            median(&scrapes)
+        );
     }
 }
 

@@ -224,11 +224,12 @@ impl Node {
     }
 
     /// Entries in this node's (`ZG_ORIG_DST`, open `ZG_CONN_PEER`).
-    pub fn connection_entries(&self) -> (usize, usize) {
+    pub fn connection_entries(&self) -> (u64, u64) {
         let paths = zgate::bpf::Paths::new(Path::new("/sys/fs/bpf"), &self.netns);
         zgate::bpf::ConnTable::open(&paths)
             .expect("opening the connection maps")
             .entries()
+            .expect("counting the connection maps' entries")
     }
 
     /// The 5-tuples in this node's `ZG_CONN_PEER` (not its slots).

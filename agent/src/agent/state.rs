@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
+    fs, io,
     os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     sync::Arc,
@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use zgate_common::{
     conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
@@ -392,8 +392,6 @@ impl State {
 
     /// Everything `zgate status` shows.
     pub fn status(&self) -> status::Status {
-        let maps = &self.datapath.maps;
-        let sizes = self.opts.map_sizes();
         let name = |w: &Workload| format!("{}/{}", w.spec.namespace, w.spec.name);
         let mut applies: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let workloads = self
@@ -436,36 +434,6 @@ impl State {
                 message: p.message,
             })
             .collect();
-        let count = |n: usize| n as u64;
-        let policy_entries = count(maps.policy.workload_policy.keys().count())
-            + count(maps.policy.sets.keys().count())
-            + count(maps.policy.identity_bits.keys().count())
-            + count(maps.policy.port_bits.keys().count())
-            + count(maps.policy.ip_bits.keys().count())
-            + count(maps.policy.terms.keys().count());
-        let usage = |map: &str, entries: u64, capacity: u32| status::MapUsage {
-            map: map.to_owned(),
-            entries,
-            capacity: u64::from(capacity),
-        };
-        let verdicts = maps
-            .verdict_counts()
-            .into_iter()
-            .map(|(k, n)| {
-                let (verdict, reason) = status::reason_name(k.reason);
-                status::VerdictCount {
-                    policy: self
-                        .policy_ids
-                        .key(k.policy)
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "-".into()),
-                    verdict: verdict.into(),
-                    reason: reason.into(),
-                    hook: status::hook_name(k.hook).into(),
-                    count: n,
-                }
-            })
-            .collect();
         status::Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -486,74 +454,134 @@ impl State {
                 })
                 .collect(),
             policies,
-            maps: vec![
-                usage(
-                    "workloads",
-                    count(maps.workloads.keys().count()),
-                    zgate_common::workload::MAX_ENTRIES,
-                ),
-                usage(
-                    "listeners",
-                    count(maps.listeners.keys().count()),
-                    sizes.listeners,
-                ),
-                usage(
-                    "connections",
-                    count(maps.conn_peer.keys().count()),
-                    sizes.connections,
-                ),
-                usage(
-                    "connection slots",
-                    bpf::held_slots(&maps.conn_slots, |s| s.owner),
-                    zgate_common::conn::CONN_SLOTS,
-                ),
-                usage(
-                    "sockets",
-                    count(maps.sockets.keys().count())
-                        + bpf::held_slots(&maps.socket_slots, |s| s.cookie),
-                    sizes.sockets(),
-                ),
-                usage(
-                    "accepted connections",
-                    count(maps.accepted.keys().count())
-                        + bpf::held_slots(&maps.accepted_slots, |s| s.cookie),
-                    sizes.connections,
-                ),
-                usage(
-                    "policy (6 maps)",
-                    policy_entries,
-                    sizes.policy_entries.saturating_mul(6),
-                ),
-                usage(
-                    "verdict cache",
-                    count(maps.verdict_cache.keys().count()),
-                    zgate_common::policy::VERDICT_CACHE_ENTRIES,
-                ),
-                usage(
-                    "remote workloads",
-                    count(maps.remote.keys().count()),
-                    zgate_common::redirect::REMOTE_MAX_ENTRIES,
-                ),
-            ],
-            verdicts,
-            certificates: self
-                .certs
-                .expiries()
-                .into_iter()
-                .map(|(id, at)| {
-                    let now = SystemTime::now();
-                    let unix = |t: SystemTime| {
-                        t.duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs())
-                    };
-                    status::CertificateStatus {
-                        identity: id.to_string(),
-                        expires_at: unix(at),
-                        expires_in_secs: at.duration_since(now).map_or(0, |d| d.as_secs()),
-                    }
-                })
-                .collect(),
+            maps: self.map_usage(),
+            verdicts: self.verdicts(),
+            certificates: self.certificates(),
         }
+    }
+
+    /// Each kernel map's entries and capacity.
+    fn map_usage(&self) -> Vec<status::MapUsage> {
+        let maps = &self.datapath.maps;
+        let sizes = self.opts.map_sizes();
+        let entries = bpf::entries;
+        let both = |a: io::Result<u64>, b: io::Result<u64>| Ok(a? + b?);
+        let policy = &maps.policy;
+        let policy_entries = [
+            policy.workload_policy.map(),
+            policy.sets.map(),
+            policy.identity_bits.map(),
+            policy.port_bits.map(),
+            policy.terms.map(),
+        ]
+        .into_iter()
+        // An LPM trie has no batch look-up: its keys, one by one.
+        .try_fold(policy.ip_bits.keys().count() as u64, |n, m| {
+            Ok(n + entries(m)?)
+        });
+        [
+            (
+                "workloads",
+                entries(maps.workloads.map()),
+                zgate_common::workload::MAX_ENTRIES,
+            ),
+            ("listeners", entries(maps.listeners.map()), sizes.listeners),
+            (
+                "connections",
+                entries(maps.conn_peer.map()),
+                sizes.connections,
+            ),
+            (
+                "connection slots",
+                bpf::held_slots(&maps.conn_slots),
+                zgate_common::conn::CONN_SLOTS,
+            ),
+            (
+                "sockets",
+                both(
+                    entries(maps.sockets.map()),
+                    bpf::held_slots(&maps.socket_slots),
+                ),
+                sizes.sockets(),
+            ),
+            (
+                "accepted connections",
+                both(
+                    entries(maps.accepted.map()),
+                    bpf::held_slots(&maps.accepted_slots),
+                ),
+                sizes.connections,
+            ),
+            (
+                "policy (6 maps)",
+                policy_entries,
+                sizes.policy_entries.saturating_mul(6),
+            ),
+            (
+                "verdict cache",
+                entries(maps.verdict_cache.map()),
+                zgate_common::policy::VERDICT_CACHE_ENTRIES,
+            ),
+            (
+                "remote workloads",
+                entries(maps.remote.map()),
+                zgate_common::redirect::REMOTE_MAX_ENTRIES,
+            ),
+        ]
+        .into_iter()
+        .map(|(map, entries, capacity)| status::MapUsage {
+            map: map.to_owned(),
+            // A map that cannot be read counts as empty, with a warning.
+            entries: entries.unwrap_or_else(|e| {
+                tracing::warn!(map, "counting the entries of a kernel map: {e}");
+                0
+            }),
+            capacity: u64::from(capacity),
+        })
+        .collect()
+    }
+
+    /// The kernel's verdict counters, by deciding policy, reason and hook.
+    fn verdicts(&self) -> Vec<status::VerdictCount> {
+        self.datapath
+            .maps
+            .verdict_counts()
+            .into_iter()
+            .map(|(k, n)| {
+                let (verdict, reason) = status::reason_name(k.reason);
+                status::VerdictCount {
+                    policy: self
+                        .policy_ids
+                        .key(k.policy)
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "-".into()),
+                    verdict: verdict.into(),
+                    reason: reason.into(),
+                    hook: status::hook_name(k.hook).into(),
+                    count: n,
+                }
+            })
+            .collect()
+    }
+
+    /// When the current certificate of each identity expires.
+    fn certificates(&self) -> Vec<status::CertificateStatus> {
+        self.certs
+            .expiries()
+            .into_iter()
+            .map(|(id, at)| {
+                let now = SystemTime::now();
+                let unix = |t: SystemTime| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                };
+                status::CertificateStatus {
+                    identity: id.to_string(),
+                    expires_at: unix(at),
+                    expires_in_secs: at.duration_since(now).map_or(0, |d| d.as_secs()),
+                }
+            })
+            .collect()
     }
 
     /// `zgate check --agent`: the reference evaluator over the live config,
@@ -613,14 +641,17 @@ impl State {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let maps = &self.datapath.maps;
-        let status = self.status();
+        // Not `status()`: a scrape builds only what it reports (a status of
+        // every policy in a large mesh is tens of milliseconds of this one
+        // command loop).
+        let map_usage = self.map_usage();
         let mut f = Family::new(
             &mut out,
             "zgate_verdicts_total",
             "counter",
             "Connection verdicts taken in the kernel, by deciding policy, reason and hook.",
         );
-        for v in &status.verdicts {
+        for v in &self.verdicts() {
             f.sample(
                 &[
                     ("policy", &v.policy),
@@ -720,7 +751,7 @@ impl State {
             "gauge",
             "Entries in the kernel maps.",
         );
-        for m in &status.maps {
+        for m in &map_usage {
             f.sample(&[("map", &m.map)], m.entries);
         }
         let mut f = Family::new(
@@ -729,7 +760,7 @@ impl State {
             "gauge",
             "Capacity of the kernel maps.",
         );
-        for m in &status.maps {
+        for m in &map_usage {
             f.sample(&[("map", &m.map)], m.capacity);
         }
         Family::new(
@@ -738,16 +769,16 @@ impl State {
             "gauge",
             "The live policy generation.",
         )
-        .sample(&[], status.generation);
+        .sample(&[], self.writer.generation());
         Family::new(&mut out, "zgate_workloads", "gauge", "Enrolled workloads.")
-            .sample(&[], status.workloads.len());
+            .sample(&[], self.registry.workloads().count());
         let mut f = Family::new(
             &mut out,
             "zgate_certificate_expiry_timestamp_seconds",
             "gauge",
             "When the current certificate of each identity on this node expires (Unix time).",
         );
-        for c in &status.certificates {
+        for c in &self.certificates() {
             f.sample(&[("identity", &c.identity)], c.expires_at);
         }
         Family::new(
@@ -874,7 +905,7 @@ impl State {
             .mode(0o600)
             .open(&tmp)
             .map_err(io("writing", &tmp))?;
-        std::io::Write::write_all(&mut file, &text).map_err(io("writing", &tmp))?;
+        io::Write::write_all(&mut file, &text).map_err(io("writing", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("replacing", &path))?;
         Ok(())
     }

@@ -14,9 +14,12 @@
 //! serialized with policy generations — interning a new peer identity and
 //! writing its policy bits — still goes through the state task.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::{
+    io,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError};
 use zgate_common::{
     conn::{self, closed_slot, conn_slot, ConnKey, ConnPeer, ConnSlot, ORIGIN_AGENT, ORIGIN_LOCAL},
     redirect::{self, OrigDst},
@@ -24,7 +27,7 @@ use zgate_common::{
     Addr,
 };
 
-use super::{held_slots, Error, Paths};
+use super::{entries, held_slots, Error, Paths};
 
 /// Handles on `ZG_ORIG_DST`, `ZG_CONN_PEER`, `ZG_CONN_CLOSED` and
 /// `ZG_CONN_SLOTS`, shared by the proxy tasks.
@@ -119,13 +122,13 @@ impl ConnTable {
 
     /// Entries in (`ZG_ORIG_DST`, `ZG_CONN_PEER`): captured connections
     /// not yet accepted, and open connections with a recorded peer.
-    pub fn entries(&self) -> (usize, usize) {
+    pub fn entries(&self) -> io::Result<(u64, u64)> {
         let maps = self.lock();
-        let slots = held_slots(&maps.conn_slots, |s| s.owner);
-        (
-            maps.orig_dst.keys().count(),
-            maps.conn_peer.keys().count() + slots as usize,
-        )
+        let slots = held_slots(&maps.conn_slots)?;
+        Ok((
+            entries(maps.orig_dst.map())?,
+            entries(maps.conn_peer.map())? + slots,
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, Handles> {

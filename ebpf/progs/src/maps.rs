@@ -3,7 +3,7 @@
 //! (fail-static) and a restarted agent adopts them.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -48,9 +48,11 @@ pub static CONN_PEER: HashMap<ConnKey, ConnPeer> =
     HashMap::pinned(conn::MAX_ENTRIES, 0);
 
 /// The peers of connections between workloads on this node, in the slot
-/// their 5-tuple names (`zgate_common::conn`, "Slots").
+/// their 5-tuple names (`zgate_common::conn`, "Slots"). The slot tables
+/// are mmapable, so the agent counts the held slots by reading memory, not
+/// an element a syscall.
 #[map(name = "ZG_CONN_SLOTS")]
-pub static CONN_SLOTS: Array<ConnSlot> = Array::pinned(conn::CONN_SLOTS, 0);
+pub static CONN_SLOTS: Array<ConnSlot> = Array::pinned(conn::CONN_SLOTS, BPF_F_MMAPABLE);
 
 /// The 5-tuples of recently closed connections, one per slot
 /// (`zgate_common::conn::closed_slot`).
@@ -60,7 +62,8 @@ pub static CONN_CLOSED: Array<ConnKey> = Array::pinned(conn::CLOSED_SLOTS, 0);
 /// Socket records (`zgate_common::socket`), in the slot their socket's
 /// cookie names; `ZG_SOCKETS` has those whose slot another socket held.
 #[map(name = "ZG_SOCKET_SLOTS")]
-pub static SOCKET_SLOTS: Array<SocketSlot> = Array::pinned(socket::COOKIE_SLOTS, 0);
+pub static SOCKET_SLOTS: Array<SocketSlot> =
+    Array::pinned(socket::COOKIE_SLOTS, BPF_F_MMAPABLE);
 
 /// Nearly always empty, so allocated per entry; sized by the agent for
 /// every connection and listener.
@@ -124,7 +127,8 @@ pub static EVENTS: RingBuf = RingBuf::pinned(event::RING_BYTES, 0);
 /// The counters' key of each connection an enrolled workload accepted, in
 /// the slot its socket cookie names (`zgate_common::socket`).
 #[map(name = "ZG_ACCEPTED_SLOTS")]
-pub static ACCEPTED_SLOTS: Array<AcceptedSlot> = Array::pinned(socket::COOKIE_SLOTS, 0);
+pub static ACCEPTED_SLOTS: Array<AcceptedSlot> =
+    Array::pinned(socket::COOKIE_SLOTS, BPF_F_MMAPABLE);
 
 /// The counters' keys whose slot another open socket held, by cookie:
 /// nearly always empty, so allocated per entry; sized by the agent like
