@@ -8,6 +8,8 @@
 //! between two nodes joined by a veth pair, bulk throughput and
 //! request/response latency through the HBONE tunnel against plain TCP
 //! over the same veth, with the agents' CPU time per GiB carried.
+//! `ZGATE_BIN_B` names a second agent binary for the setup rate, measured
+//! with one rule in the same rounds (an A/B comparison of two builds).
 //! A benchmark, not a test: it prints numbers.
 
 #[allow(
@@ -35,7 +37,7 @@ const ADDR: &str = "127.0.0.1:8000";
 /// Connections per batch: a few tens of milliseconds.
 const BATCH: u32 = 300;
 /// Batches per configuration and placement; a multiple of the four
-/// configurations, so each starts as many rounds.
+/// configurations (five with `ZGATE_BIN_B`), so each starts as many rounds.
 const ROUNDS: usize = 400;
 
 fn main() {
@@ -67,7 +69,19 @@ fn setup_rate() {
     let mut nodes = Vec::new();
     for rules in [1usize, 1_000, 10_000] {
         let node = Node::start("bench-rules", &[("policy.yaml", &config(rules))]);
-        nodes.push((rules, node));
+        nodes.push((format!("zgate, {rules} rules"), node));
+    }
+    // `ZGATE_BIN_B`: another agent binary, with one rule, measured in the
+    // same rounds: its difference to the first's, round by round, is free
+    // of the host's drift, which moves either one's ratio from run to run
+    // by more than most changes to the datapath do.
+    let other = std::env::var_os("ZGATE_BIN_B").map(PathBuf::from);
+    if let Some(bin) = &other {
+        let mut node = Node::bare("bench-rules-b");
+        node.bin = bin.clone();
+        node.write_config("policy.yaml", &config(1));
+        node.spawn_agent();
+        nodes.push(("zgate B, 1 rules".to_owned(), node));
     }
     let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
     // Client and server where the scheduler puts them; then both on one
@@ -138,28 +152,37 @@ fn setup_rate() {
             1.0 / median(&samples[0]),
             1.0
         );
-        for (i, (rules, _)) in nodes.iter().enumerate() {
-            let paired = |f: fn(f64, f64) -> f64| -> [f64; 3] {
-                let v: Vec<f64> = samples[i + 1]
-                    .iter()
-                    .zip(&samples[0])
-                    .map(|(z, b)| f(*z, *b))
-                    .collect();
-                [0.25, 0.5, 0.75].map(|q| quantile(&v, q))
-            };
-            let [r_low, ratio, r_high] = paired(|z, b| b / z);
-            let [low, mid, high] = paired(|z, b| (z - b) * 1e6);
-            let label = format!("zgate, {rules} rules");
+        // Configuration `i`'s batches against configuration `j`'s of the
+        // same rounds: quartiles of `f(i's, j's)`.
+        let paired = |i: usize, j: usize, f: fn(f64, f64) -> f64| -> [f64; 3] {
+            let v: Vec<f64> = samples[i]
+                .iter()
+                .zip(&samples[j])
+                .map(|(z, b)| f(*z, *b))
+                .collect();
+            [0.25, 0.5, 0.75].map(|q| quantile(&v, q))
+        };
+        for (i, (label, _)) in nodes.iter().enumerate() {
+            let [r_low, ratio, r_high] = paired(i + 1, 0, |z, b| b / z);
+            let [low, mid, high] = paired(i + 1, 0, |z, b| (z - b) * 1e6);
             println!(
                 "{label:>26} {:>10.0} {ratio:>7.3} [{r_low:.2}..{r_high:.2}] {mid:>9.1} [{low:>5.1} .. {high:>5.1}]",
                 1.0 / median(&samples[i + 1]),
+            );
+        }
+        if other.is_some() {
+            // B is the last configuration; the first zgate one has one rule.
+            let [low, mid, high] = paired(configs - 1, 1, |b, a| (b - a) * 1e6);
+            println!(
+                "{:>26} {mid:>37.2} [{low:>5.1} .. {high:>5.1}]",
+                "B - A, 1 rule, µs/conn"
             );
         }
     }
     // What each agent holds and has spent after its runs, and how long a
     // metrics scrape takes (the agent's command loop is busy meanwhile), as
     // a client sees it, its process start included: median of five.
-    for (rules, node) in &nodes {
+    for (label, node) in &nodes {
         let (rss_kib, cpu_secs) = node.agent_pid().map_or((0, 0.0), agent_usage);
         let scrapes: Vec<f64> = (0..5)
             .map(|_| {
@@ -169,7 +192,7 @@ fn setup_rate() {
             })
             .collect();
         println!(
-            "agent with {rules} rules: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s, metrics scrape {:.1} ms",
+            "agent of {label}: RSS {rss_kib} KiB, CPU {cpu_secs:.2} s, metrics scrape {:.1} ms",
             median(&scrapes)
         );
     }

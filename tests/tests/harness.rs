@@ -43,6 +43,9 @@ pub struct Node {
     pub config_dir: PathBuf,
     /// Extra `zgate agent` flags.
     pub agent_args: Vec<String>,
+    /// The `zgate` binary this node runs (`zgate_bin()` unless set before
+    /// the agent starts).
+    pub bin: PathBuf,
     agent: Option<Child>,
 }
 
@@ -181,6 +184,7 @@ impl Node {
             dir,
             config_dir,
             agent_args: Vec::new(),
+            bin: zgate_bin(),
             agent: None,
         }
     }
@@ -268,7 +272,7 @@ impl Node {
 
     /// `zgate agent` for this node, not started.
     pub fn agent_command(&self) -> Command {
-        let mut c = self.command(zgate_bin());
+        let mut c = self.command(&self.bin);
         c.arg("agent")
             .arg("--config")
             .arg(&self.config_dir)
@@ -355,7 +359,7 @@ impl Node {
 
     /// `zgate run` a command as a workload of this node.
     pub fn workload(&self, ns: &str, sa: &str, labels: &[&str]) -> Command {
-        let mut c = self.command(zgate_bin());
+        let mut c = self.command(&self.bin);
         c.args([
             "run",
             "--namespace",
@@ -574,7 +578,7 @@ impl Node {
 
     /// Run a `zgate` subcommand that talks to this node's agent.
     pub fn zgate(&self, args: &[&str]) -> String {
-        let mut c = self.command(zgate_bin());
+        let mut c = self.command(&self.bin);
         c.arg(args[0])
             .arg("--admin-socket")
             .arg(self.admin_socket())
@@ -613,7 +617,7 @@ impl Drop for Node {
         }
         self.stop_agent(nix::sys::signal::Signal::SIGINT);
         // Whatever the agent left (a killed agent leaves its pins): clean up.
-        let _ = Command::new(zgate_bin())
+        let _ = Command::new(&self.bin)
             .arg("uninstall")
             .args(self.node_args())
             .output();
