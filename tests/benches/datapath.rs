@@ -38,7 +38,21 @@ const ADDR: &str = "127.0.0.1:8000";
 const BATCH: u32 = 300;
 /// Batches per configuration and placement; a multiple of the four
 /// configurations (five with `ZGATE_BIN_B`), so each starts as many rounds.
+/// `ZGATE_BENCH_ROUNDS` asks for more (rounded up to a multiple of 20):
+/// the paired A/B difference's noise falls with its square root.
 const ROUNDS: usize = 400;
+
+/// [`ROUNDS`], or what `ZGATE_BENCH_ROUNDS` asks for.
+fn rounds() -> usize {
+    let Some(asked) = std::env::var_os("ZGATE_BENCH_ROUNDS") else {
+        return ROUNDS;
+    };
+    let n: usize = asked
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("ZGATE_BENCH_ROUNDS: not a number of rounds: {asked:?}"));
+    n.max(1).next_multiple_of(20)
+}
 
 fn main() {
     // `cargo bench --bench datapath -- tunnel` runs one section.
@@ -59,8 +73,9 @@ fn main() {
 }
 
 fn setup_rate() {
+    let rounds = rounds();
     println!(
-        "connection setup rate over loopback: connect+accept+close, median of {ROUNDS} rounds of a {BATCH}-connection batch per configuration, interleaved; ratio (baseline time / zgate time) and µs added: each batch against the baseline's of the same round, median and interquartile range"
+        "connection setup rate over loopback: connect+accept+close, median of {rounds} rounds of a {BATCH}-connection batch per configuration, interleaved; ratio (baseline time / zgate time) and µs added: each batch against the baseline's of the same round, median and interquartile range"
     );
     let baseline = Node::bare("bench-baseline");
     // Without zgate a workload still runs in a cgroup of its own (a pod
@@ -130,7 +145,7 @@ fn setup_rate() {
         }
         // Seconds per connection, by configuration, round by round.
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs];
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             for k in 0..configs {
                 let i = (round + k) % configs;
                 samples[i].push(clients[i].run(BATCH) / f64::from(BATCH));
