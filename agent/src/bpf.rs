@@ -196,9 +196,7 @@ pub struct PolicyMaps {
 /// few thousand a syscall, not one or two an element: a status or a
 /// metrics scrape counts every map's on the agent's one command loop.
 pub fn entries(map: &MapData) -> io::Result<u64> {
-    let mut n = 0;
-    crate::sys::for_each_value(map, |_| n += 1)?;
-    Ok(n)
+    crate::sys::count_elements(map)
 }
 
 /// The slots of a slot table (`zgate_common::socket`, `zgate_common::conn`)

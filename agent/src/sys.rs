@@ -62,16 +62,17 @@ struct BatchAttr {
 /// also the most entries one bucket may have (`ENOSPC` beyond).
 const BATCH: usize = 4096;
 
-/// Call `f` with the value of each element of `map`, as the kernel copies
-/// it out (a per-CPU map's: every possible CPU's copy, each padded to 8
-/// bytes), `BATCH` elements a syscall (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6
-/// and later for hashes and arrays; not LPM tries).
-pub(crate) fn for_each_value(map: &MapData, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+/// The number of elements of `map`, `BATCH` a syscall
+/// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6 and later for hashes and arrays; not
+/// LPM tries).
+pub(crate) fn count_elements(map: &MapData) -> io::Result<u64> {
     let info = map.info().map_err(io::Error::other)?;
     let per_cpu = matches!(
         info.map_type(),
         Ok(MapType::PerCpuHash | MapType::PerCpuArray | MapType::LruPerCpuHash)
     );
+    // What the kernel copies out a value: a per-CPU map's holds every
+    // possible CPU's copy, each padded to 8 bytes.
     let value_size = if per_cpu {
         let cpus = nr_cpus().map_err(|(_, e)| e)?;
         (info.value_size() as usize).next_multiple_of(8) * cpus
@@ -80,7 +81,7 @@ pub(crate) fn for_each_value(map: &MapData, mut f: impl FnMut(&[u8])) -> io::Res
     };
     let key_size = info.key_size() as usize;
     if value_size == 0 || key_size == 0 {
-        return Ok(());
+        return Ok(0);
     }
     // The sizes the kernel copies with: the buffers hold `BATCH` of each.
     let mut keys = vec![0u8; key_size * BATCH];
@@ -88,6 +89,7 @@ pub(crate) fn for_each_value(map: &MapData, mut f: impl FnMut(&[u8])) -> io::Res
     // Where a call starts and the next one will: an array's index, a
     // hash's bucket (`u32` both); none for the first call.
     let (mut from, mut next) = (None::<u32>, 0u32);
+    let mut elements = 0;
     loop {
         let mut attr = BatchAttr {
             in_batch: from.as_ref().map_or(0, |b| std::ptr::from_ref(b) as u64),
@@ -112,15 +114,11 @@ pub(crate) fn for_each_value(map: &MapData, mut f: impl FnMut(&[u8])) -> io::Res
             )
         };
         let error = (ret < 0).then(io::Error::last_os_error);
-        let copied = (attr.count as usize).min(BATCH);
-        values
-            .chunks_exact(value_size)
-            .take(copied)
-            .for_each(&mut f);
+        elements += u64::from(attr.count.min(BATCH as u32));
         match error {
             None => from = Some(next),
             // Past the last element (the call may still have copied some).
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(elements),
             Some(e) => return Err(e),
         }
     }

@@ -92,10 +92,9 @@ fn setup_rate() {
     // by more than most changes to the datapath do.
     let other = std::env::var_os("ZGATE_BIN_B").map(PathBuf::from);
     if let Some(bin) = &other {
-        let mut node = Node::bare("bench-rules-b");
-        node.bin = bin.clone();
-        node.write_config("policy.yaml", &config(1));
-        node.spawn_agent();
+        let yaml = config(1);
+        let files = [("policy.yaml", yaml.as_str())];
+        let node = Node::start_using(bin.clone(), "bench-rules-b", &files, &[]);
         nodes.push(("zgate B, 1 rules".to_owned(), node));
     }
     let last_cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);

@@ -43,9 +43,9 @@ pub struct Node {
     pub config_dir: PathBuf,
     /// Extra `zgate agent` flags.
     pub agent_args: Vec<String>,
-    /// The `zgate` binary this node runs (`zgate_bin()` unless set before
-    /// the agent starts).
-    pub bin: PathBuf,
+    /// The `zgate` binary this node runs (`zgate_bin()` unless started with
+    /// `start_using`).
+    bin: PathBuf,
     agent: Option<Child>,
 }
 
@@ -159,7 +159,13 @@ impl Node {
 
     /// `start`, with extra `zgate agent` flags.
     pub fn start_with(test: &str, files: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_using(zgate_bin(), test, files, args)
+    }
+
+    /// `start_with`, running the agent of another `zgate` binary.
+    pub fn start_using(bin: PathBuf, test: &str, files: &[(&str, &str)], args: &[&str]) -> Self {
         let mut node = Self::bare(test);
+        node.bin = bin;
         node.agent_args = args.iter().map(|a| a.to_string()).collect();
         for (file, yaml) in files {
             node.write_config(file, yaml);
