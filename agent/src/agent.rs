@@ -77,7 +77,9 @@ enum Command {
     ),
     Deregister(u32),
     Reload,
-    Event(zgate_common::event::VerdictEvent),
+    /// A verdict event the log rate limit admitted, with the lines held
+    /// back for its key since the last one logged.
+    Event(zgate_common::event::VerdictEvent, u64),
     Status(oneshot::Sender<status::Status>),
     Metrics(oneshot::Sender<String>),
     Check(Vec<String>, oneshot::Sender<Result<String, String>>),
@@ -153,7 +155,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), Error> {
     );
 
     let admin = admin::serve(&node.admin_socket, tx.clone())?;
-    let _events = events::spawn(events, tx.clone())?;
+    let _events = events::spawn(events, state.log_limit(), tx.clone())?;
     let _metrics = metrics::serve(opts.metrics_addr, opts.readiness_addr, tx.clone()).await?;
     let _watch = opts
         .config

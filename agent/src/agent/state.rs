@@ -6,7 +6,10 @@ use std::{
     fs, io,
     os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Instant, SystemTime},
 };
 
@@ -45,7 +48,8 @@ use crate::{
 
 pub(super) struct State {
     started: Instant,
-    log_limit: LogLimit,
+    /// Deny log lines the event reader's rate limit held back.
+    deny_logs_suppressed: Arc<AtomicU64>,
     compile_seconds: Histogram,
     apply_seconds: Histogram,
     opts: AgentOptions,
@@ -140,7 +144,7 @@ impl State {
         restore_listeners(&mut datapath.maps, &registry);
         Ok(Self {
             started: Instant::now(),
-            log_limit: LogLimit::default(),
+            deny_logs_suppressed: Arc::default(),
             compile_seconds: Histogram::default(),
             apply_seconds: Histogram::default(),
             opts,
@@ -289,7 +293,7 @@ impl State {
                 }
             }
             Command::Reload => self.reload(),
-            Command::Event(ev) => self.log_event(&ev),
+            Command::Event(ev, held_back) => self.log_event(&ev, held_back),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -794,7 +798,7 @@ impl State {
             "counter",
             "Deny log lines held back by the per-source rate limit (counters are never limited).",
         )
-        .sample(&[], self.log_limit.suppressed_total());
+        .sample(&[], self.deny_logs_suppressed.load(Ordering::Relaxed));
         self.compile_seconds.render(
             &mut out,
             "zgate_policy_compile_seconds",
@@ -828,11 +832,13 @@ impl State {
         }
     }
 
-    fn log_event(&mut self, ev: &VerdictEvent) {
-        let key = (ev.identity, ev.workload, ev.reason, ev.hook);
-        let Some(held_back) = self.log_limit.admit(key, Instant::now()) else {
-            return;
-        };
+    /// The rate limit for the event reader, counting what it holds back
+    /// into this state's metrics.
+    pub fn log_limit(&self) -> LogLimit {
+        LogLimit::new(Arc::clone(&self.deny_logs_suppressed))
+    }
+
+    fn log_event(&self, ev: &VerdictEvent, held_back: u64) {
         let policy = self.policy_ids.key(ev.policy);
         let reason = match (ev.reason, policy) {
             (REASON_EXPLICIT_DENY, Some(key)) => Reason::ExplicitDeny(key.clone()).to_string(),

@@ -23,8 +23,9 @@
 //!   by default) and on of 127.1.0.1:20000, 127.1.0.1:20001, … (40 000
 //!   ports an address, above the agent's own), and keep them open until
 //!   killed; prints `bound N`, or the first error.
-//! - `zgate-probe flip ADDR SECS`: connect in a loop until the outcome
-//!   changes; prints `flip <outcome> <unix time in ns>` (or `steady`).
+//! - `zgate-probe flip ADDR SECS [GAP_US]`: connect in a loop, `GAP_US`
+//!   microseconds apart (default 0), until the outcome changes; prints
+//!   `flip <outcome> <unix time in ns>` (or `steady`).
 //! - `zgate-probe sniff IFACE NEEDLE SECS`: capture every packet on IFACE
 //!   (an `AF_PACKET` socket) for SECS; prints `sniffing` once capturing,
 //!   then `tcp PORT:PACKETS ...` (IPv4 TCP packets by port, either side)
@@ -98,7 +99,9 @@ fn main() -> ExitCode {
             binds(arg(2), arg(3))
         }
         (Some("flip"), Some(addr)) => {
-            flip(addr, args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10))
+            let number =
+                |i: usize, default| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+            flip(addr, number(3, 10), Duration::from_micros(number(4, 0)))
         }
         _ => {
             eprintln!("usage: zgate-probe serve ADDR | connect ADDR [HOLD_SECS]");
@@ -138,8 +141,18 @@ fn greet(addr: SocketAddr) {
 }
 
 /// Bind `addr` and print `listening` (or the error).
+/// Bind and listen on `addr`, with the longest accept queue the host
+/// allows (`net.core.somaxconn`), not std's 128: a client connecting in a
+/// loop (`flip`) fills 128 whenever the accepting thread is off the CPU
+/// for a few milliseconds, and the SYN the kernel then drops is sent again
+/// a second later, which `flip` would report as the policy's latency.
 fn listen(addr: SocketAddr) -> Option<TcpListener> {
-    match TcpListener::bind(addr) {
+    let bound = TcpListener::bind(addr).and_then(|l| {
+        // A second listen() on a listening socket only resizes its queue.
+        nix::sys::socket::listen(&l, nix::sys::socket::Backlog::MAXALLOWABLE)?;
+        Ok(l)
+    });
+    match bound {
         Ok(l) => {
             println!("listening");
             let _ = std::io::stdout().flush();
@@ -397,7 +410,7 @@ fn connect_rounds(addr: SocketAddr, rounds: u32) -> std::io::Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn flip(addr: SocketAddr, secs: u64) {
+fn flip(addr: SocketAddr, secs: u64, gap: Duration) {
     let attempt = || match TcpStream::connect(addr) {
         Ok(_) => "connected".to_owned(),
         Err(e) => outcome(&e),
@@ -407,6 +420,7 @@ fn flip(addr: SocketAddr, secs: u64) {
     let _ = std::io::stdout().flush();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
+        std::thread::sleep(gap);
         let now = attempt();
         if now != first {
             let at = std::time::SystemTime::now()
