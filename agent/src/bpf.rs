@@ -25,7 +25,7 @@ use zgate_common::{
     config::{self, Config},
     conn::{self, ConnKey, ConnPeer, ConnSlot},
     event,
-    listener::{self, ListenerKey},
+    listener::{self, Listener, ListenerKey},
     policy::{
         self, CachedVerdict, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey,
         TermBits, TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey,
@@ -161,7 +161,7 @@ pub struct Maps {
     pub conn_stats: PerCpuHashMap<MapData, ConnStatsKey, ConnStats>,
     pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
-    pub listeners: HashMap<MapData, ListenerKey, u32>,
+    pub listeners: HashMap<MapData, ListenerKey, Listener>,
     /// Socket records in the slot their cookie names, or in `sockets` when
     /// another socket held it (`zgate_common::socket`).
     pub socket_slots: Array<MapData, SocketSlot>,

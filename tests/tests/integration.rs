@@ -8,7 +8,7 @@ mod multinode;
 mod node_security;
 mod soak;
 
-use harness::{probe_bin, run_ok, Node, Outcome};
+use harness::{probe_bin, run_ok, Node, Outcome, Server};
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 
@@ -21,6 +21,21 @@ use zgate_common::{
 const DEMO: &str = zgate::config::DEMO_CONFIG;
 const HTTPBIN: [&str; 1] = ["app=httpbin"];
 const ADDR: &str = "127.0.0.1:8000";
+
+/// `allow-sleep-to-httpbin` holds for `httpbin` on `addr`: `sleep` reaches
+/// it, another service account is refused at `connect()`, plaintext at
+/// SYN time.
+fn assert_demo_enforced(node: &Node, addr: &str) {
+    assert_eq!(node.connect_plaintext(addr), Outcome::Refused);
+    assert_eq!(
+        node.connect_as("ambient-demo", "other", addr),
+        Outcome::NotPermitted
+    );
+    assert_eq!(
+        node.connect_as("ambient-demo", "sleep", addr),
+        Outcome::Connected
+    );
+}
 
 /// Istio's L4 policy page: with `allow-sleep-to-httpbin`, `sleep` reaches
 /// `httpbin`; another service account is refused at `connect()`; plaintext
@@ -515,6 +530,24 @@ spec:
     );
 }
 
+/// A server's `SO_REUSEPORT` listeners share one address: closing one (a
+/// worker restarting) leaves the address enforced for the others, where
+/// the entry once went with the first to close and the port was open to
+/// anyone.
+#[test]
+fn an_address_stays_enforced_while_any_of_its_reuseport_listeners_is_open() {
+    let node = Node::start("reuseport", &[("demo.yaml", DEMO)]);
+    let mut probe = node.workload("ambient-demo", "httpbin", &HTTPBIN);
+    probe.arg(probe_bin());
+    let httpbin = Server::start(probe, "reuse", ADDR)
+        .unwrap_or_else(|line| panic!("server on {ADDR}: {line}\n{}", node.log()));
+    assert_demo_enforced(&node, ADDR);
+    assert_eq!(node.map_entries("listeners"), 1);
+    // The last one closed, the address goes.
+    drop(httpbin);
+    node.wait_for(10, |n| n.map_entries("listeners") == 0);
+}
+
 /// A full listener map refuses the bind (EPERM), loudly, rather than leave a
 /// port the kernel cannot attribute unenforced.
 #[test]
@@ -944,15 +977,7 @@ fn a_pinned_map_of_another_layout_is_replaced() {
     std::fs::rename(maps.join("ZG_TERMS"), maps.join("ZG_VERDICT_CACHE"))
         .expect("re-pinning a map under another name");
     restart_reattaching(&mut node, "a pinned map has another layout");
-    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
-    assert_eq!(
-        node.connect_as("ambient-demo", "sleep", ADDR),
-        Outcome::Connected
-    );
-    assert_eq!(
-        node.connect_as("ambient-demo", "other", ADDR),
-        Outcome::NotPermitted
-    );
+    assert_demo_enforced(&node, ADDR);
 }
 
 /// The config directory removed: the last good policy stays enforced and
@@ -1023,7 +1048,7 @@ fn pins_removed_by_hand_are_restored() {
     let restarted = restart_reattaching(&mut node, "maps are no longer pinned");
     // The listener bound before the maps were lost is enforced again.
     assert!(
-        restarted.contains("re-learned a listening socket"),
+        restarted.contains("re-learned a listening address"),
         "{restarted}"
     );
     assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);

@@ -18,7 +18,7 @@ use aya::maps::{HashMap, IterableMap as _, MapData};
 use zgate_common::{
     conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
-    listener::ListenerKey,
+    listener::{tag_of, Listener, ListenerKey},
     policy::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
@@ -366,7 +366,7 @@ impl State {
             .listeners
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, owner)| *owner == id)
+            .filter(|(_, entry)| entry.workload == id)
             .map(|(k, _)| k)
             .collect();
         for key in owned {
@@ -928,7 +928,7 @@ impl State {
 /// The enrolled workload listening on `addr:port`, looked up as the
 /// kernel's `listener()` does: exact address, the family's wildcard, then
 /// a dual-stack `[::]` for IPv4.
-fn listener(map: &HashMap<MapData, ListenerKey, u32>, addr: &Addr, port: u16) -> Option<u32> {
+fn listener(map: &HashMap<MapData, ListenerKey, Listener>, addr: &Addr, port: u16) -> Option<u32> {
     let mut candidates = vec![*addr, Addr::any(addr.family)];
     if addr.family == AF_INET {
         candidates.push(Addr::any(AF_INET6));
@@ -940,14 +940,17 @@ fn listener(map: &HashMap<MapData, ListenerKey, u32>, addr: &Addr, port: u16) ->
             proto: IPPROTO_TCP,
             _pad: 0,
         };
-        map.get(&key, 0).ok()
+        map.get(&key, 0).ok().map(|l| l.workload)
     })
 }
 
 /// Re-learn the listening sockets of adopted workloads from the kernel's
 /// socket table (their cgroup says whose they are): after the listener map
 /// was lost (its pin removed), binds made before it would otherwise go
-/// unenforced until the workload binds again.
+/// unenforced until the workload binds again. Each address's entry counts
+/// its listening sockets, under the tag their records name (they were
+/// counted in one entry, the lost one) or a new one, and a socket with no
+/// record gets one naming it.
 fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
     let by_cgroup: BTreeMap<u64, u32> = registry.workloads().map(|w| (w.cgroup_id, w.id)).collect();
     if by_cgroup.is_empty() {
@@ -960,6 +963,8 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
             return;
         }
     };
+    // Each lost address's sockets, with their workload and kernel record.
+    let mut lost: std::collections::HashMap<ListenerKey, Vec<_>> = Default::default();
     for sock in sockets {
         let Some(&workload) = sock.cgroup.and_then(|c| by_cgroup.get(&c)) else {
             continue;
@@ -973,37 +978,58 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
         if maps.listeners.get(&key, 0).is_ok() {
             continue;
         }
-        let record = SocketRecord {
-            kind: KIND_BOUND,
-            flags: FLAG_BOUND | FLAG_BY_AGENT,
-            workload,
-            bound: key,
-            ..SocketRecord::default()
-        };
         let cookie = sock.cookie();
         // A record the kernel still holds for the socket, in its slot or
-        // in the hash (its slot counts it there), says the same; replacing
-        // the one in the hash with the agent's would leave it counted.
+        // in the hash (its slot counts it there).
         let recorded = maps
             .socket_slots
             .get(&socket::cookie_slot(cookie), 0)
-            .is_ok_and(|s| s.cookie == cookie)
-            || maps.sockets.get(&cookie, 0).is_ok();
-        // The flag first: the kernel looks for a socket's record in
-        // `ZG_SOCKETS` only where it knows one may be.
-        let restored = if recorded {
-            maps.listeners.insert(key, workload, 0)
-        } else {
-            maps.sockets_by_agent
-                .set(0, 1, 0)
-                .and_then(|()| maps.listeners.insert(key, workload, 0))
-                .and_then(|()| maps.sockets.insert(cookie, record, 0))
+            .ok()
+            .filter(|s| s.cookie == cookie)
+            .map(|s| s.record)
+            .or_else(|| maps.sockets.get(&cookie, 0).ok());
+        lost.entry(key)
+            .or_default()
+            .push((sock, workload, recorded));
+    }
+    for (key, holders) in lost {
+        let Some((first, workload, _)) = holders.first() else {
+            continue;
         };
-        match restored {
-            Ok(()) => tracing::info!(workload, addr = %sock.local, "re-learned a listening socket"),
-            Err(e) => {
-                tracing::error!(workload, addr = %sock.local, "cannot re-learn a listening socket: {e}")
+        let tag = holders
+            .iter()
+            .find_map(|(_, _, r)| r.filter(|r| r.flags & FLAG_BOUND != 0).map(|r| r.bound_tag))
+            .unwrap_or_else(|| tag_of(first.cookie()));
+        let entry = Listener::new(*workload, tag, holders.len() as u32);
+        let addr = first.local;
+        if let Err(e) = maps.listeners.insert(key, entry, 0) {
+            tracing::error!(workload, %addr, "cannot re-learn a listening socket: {e}");
+            continue;
+        }
+        for (sock, workload, recorded) in &holders {
+            // Replacing a record in the hash with the agent's would leave
+            // it counted in its slot.
+            if recorded.is_some() {
+                continue;
+            }
+            let record = SocketRecord {
+                kind: KIND_BOUND,
+                flags: FLAG_BOUND | FLAG_BY_AGENT,
+                workload: *workload,
+                bound: key,
+                bound_tag: tag,
+                ..SocketRecord::default()
+            };
+            // The flag first: the kernel looks for a socket's record in
+            // `ZG_SOCKETS` only where it knows one may be.
+            let written = maps
+                .sockets_by_agent
+                .set(0, 1, 0)
+                .and_then(|()| maps.sockets.insert(sock.cookie(), record, 0));
+            if let Err(e) = written {
+                tracing::error!(workload, addr = %sock.local, "cannot record a re-learned listening socket: {e}");
             }
         }
+        tracing::info!(workload, %addr, sockets = holders.len(), "re-learned a listening address");
     }
 }

@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;
@@ -153,6 +153,7 @@ mod pod {
     unsafe impl aya::Pod for conn::ConnSlot {}
     unsafe impl aya::Pod for event::VerdictEvent {}
     unsafe impl aya::Pod for listener::ListenerKey {}
+    unsafe impl aya::Pod for listener::Listener {}
     unsafe impl aya::Pod for policy::TermBits {}
     unsafe impl aya::Pod for policy::WorkloadPolicyKey {}
     unsafe impl aya::Pod for policy::PolicySetKey {}

@@ -65,7 +65,7 @@ pub struct SocketSlot {
     pub overflow: u32,
     pub record: SocketRecord,
 }
-const _: () = assert!(size_of::<SocketSlot>() == 104);
+const _: () = assert!(size_of::<SocketSlot>() == 112);
 
 /// A `ZG_ACCEPTED_SLOTS` element: free while `cookie` is 0.
 #[repr(C)]
@@ -86,7 +86,8 @@ pub const FLAG_CAPTURED: u8 = 1;
 /// Connecting: `conn` is the 5-tuple, published in `ZG_CONN_PEER` (and,
 /// captured, in `ZG_ORIG_DST`).
 pub const FLAG_PUBLISHED: u8 = 2;
-/// `bound` is this socket's `ZG_LISTENERS` key.
+/// `bound` is this socket's `ZG_LISTENERS` key, and the socket is counted
+/// in its entry (`bound_tag`).
 pub const FLAG_BOUND: u8 = 4;
 /// Written by the agent (`BY_AGENT_MAP`), not counted in its slot.
 pub const FLAG_BY_AGENT: u8 = 8;
@@ -124,8 +125,11 @@ pub struct SocketRecord {
     pub conn: ConnKey,
     /// `FLAG_BOUND`: the address and port this socket bound.
     pub bound: ListenerKey,
+    /// `FLAG_BOUND`: the tag of the `ZG_LISTENERS` entry this socket is
+    /// counted in (`listener::Listener::held`).
+    pub bound_tag: u32,
 }
-const _: () = assert!(size_of::<SocketRecord>() == 92);
+const _: () = assert!(size_of::<SocketRecord>() == 96);
 
 /// Records for `connections` connecting sockets and `listeners` bound
 /// ones.

@@ -5,11 +5,14 @@
 //! `sock_release` may not read a socket's addresses, so `post_bind` also
 //! keeps the bound address in the socket's record (`zgate_common::socket`);
 //! `sock_release` undoes what the record says was done for the socket.
+//! Several sockets may hold one address (`SO_REUSEPORT`): its entry counts
+//! them (`zgate_common::listener`) and goes with the last.
 //!
 //! # Minimum kernel version
 //! 4.17 (`post_bind`), 5.9 (`sock_release`), 5.10 (socket cookies here).
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock,
     programs::SockContext,
@@ -18,7 +21,7 @@ use aya_ebpf::{
 use zgate_common::{
     conn::ConnKey,
     event::HOOK_BIND,
-    listener::ListenerKey,
+    listener::{tag_of, Listener, ListenerKey},
     socket::{SocketRecord, FLAG_BOUND, KIND_BOUND},
     Addr, IPPROTO_TCP,
 };
@@ -61,7 +64,7 @@ pub fn zg_sock_release(ctx: SockContext) -> i32 {
         return PROCEED;
     };
     if record.flags & FLAG_BOUND != 0 {
-        let _ = LISTENERS.remove(&record.bound);
+        unhold(&record.bound, record.bound_tag);
     }
     unpublish(&record, cookie);
     slots::remove_record(cookie, &record);
@@ -86,17 +89,24 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
         _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let record = SocketRecord {
-        kind: KIND_BOUND,
-        flags: FLAG_BOUND,
-        workload: workload.id,
-        bound: key,
-        ..SocketRecord::default()
-    };
-    if LISTENERS.insert(&key, &workload.id, 0).is_err() || !slots::add_record(cookie, &record) {
+    let held = hold(&key, workload.id, tag_of(cookie));
+    let recorded = held.is_some_and(|bound_tag| {
+        let record = SocketRecord {
+            kind: KIND_BOUND,
+            flags: FLAG_BOUND,
+            workload: workload.id,
+            bound: key,
+            bound_tag,
+            ..SocketRecord::default()
+        };
+        slots::add_record(cookie, &record)
+    });
+    if !recorded {
         // A port the kernel cannot attribute would go unenforced: refuse the
         // bind (EPERM), fail closed and loudly.
-        let _ = LISTENERS.remove(&key);
+        if let Some(bound_tag) = held {
+            unhold(&key, bound_tag);
+        }
         let subject = Subject {
             hook: HOOK_BIND,
             workload: workload.id,
@@ -115,4 +125,61 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
         return REFUSE;
     }
     PROCEED
+}
+
+/// Tries at an entry other CPUs keep changing meanwhile; past them a bind
+/// is refused (like a full map), and a release leaves the entry counted
+/// one too many (its address stays enforced).
+const TRIES: u32 = 8;
+
+/// Count a socket in `key`'s entry, creating the entry, tagged `tag`, for
+/// `workload` if there is none; the tag of the entry it is counted in, or
+/// `None` (the map is full).
+#[inline(always)]
+fn hold(key: &ListenerKey, workload: u32, tag: u32) -> Option<u32> {
+    for _ in 0..TRIES {
+        match LISTENERS.get_ptr_mut(key) {
+            Some(entry) => {
+                // SAFETY: a valid, aligned element for this program run;
+                // its count only ever moves by compare-and-swap.
+                let held = unsafe { slots::load(&raw mut (*entry).held) };
+                // At 0 its last socket is deleting it: insert afresh after.
+                if Listener::refs(held) != 0
+                    && unsafe { slots::swap(&raw mut (*entry).held, held, held + 1) }
+                {
+                    return Some(Listener::tag(held));
+                }
+            }
+            None => {
+                let fresh = Listener::new(workload, tag, 1);
+                if LISTENERS.insert(key, &fresh, u64::from(BPF_NOEXIST)).is_ok() {
+                    return Some(tag);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Uncount a socket from `key`'s entry tagged `tag`; the last one deletes
+/// it. An entry of another tag is not the one the socket was counted in
+/// (the agent removed that one, and another bind made this).
+#[inline(always)]
+fn unhold(key: &ListenerKey, tag: u32) {
+    for _ in 0..TRIES {
+        let Some(entry) = LISTENERS.get_ptr_mut(key) else {
+            return;
+        };
+        // SAFETY: as in `hold`.
+        let held = unsafe { slots::load(&raw mut (*entry).held) };
+        if Listener::tag(held) != tag || Listener::refs(held) == 0 {
+            return;
+        }
+        if unsafe { slots::swap(&raw mut (*entry).held, held, held - 1) } {
+            if Listener::refs(held) == 1 {
+                let _ = LISTENERS.remove(key);
+            }
+            return;
+        }
+    }
 }

@@ -151,10 +151,15 @@ fn save(cookie: u64, source: &Workload, approval: &Approval, flags: u8, conn: &C
     // `connect()` holds the socket lock.
     let old = unsafe { &mut *old };
     unpublish(old, cookie);
-    let (flags, bound) = (old.flags & (FLAG_BOUND | FLAG_BY_AGENT), old.bound);
+    let (flags, bound, bound_tag) = (
+        old.flags & (FLAG_BOUND | FLAG_BY_AGENT),
+        old.bound,
+        old.bound_tag,
+    );
     *old = record;
     old.flags |= flags;
     old.bound = bound;
+    old.bound_tag = bound_tag;
     true
 }
 

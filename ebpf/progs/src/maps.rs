@@ -11,7 +11,7 @@ use zgate_common::{
     config::Config,
     conn::{self, ConnKey, ConnPeer, ConnSlot},
     event,
-    listener::{self, ListenerKey},
+    listener::{self, Listener, ListenerKey},
     policy::{
         CachedVerdict, IdentityBitsKey, IpBitsKey, PolicySet, PolicySetKey, PortBitsKey, TermBits,
         TermInfo, TermKey, VerdictCacheKey, WorkloadPolicyKey, VERDICT_CACHE_ENTRIES,
@@ -33,7 +33,8 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 pub static WORKLOADS: HashMap<u64, Workload> = HashMap::pinned(workload::MAX_ENTRIES, 0);
 
 #[map(name = "ZG_LISTENERS")]
-pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::pinned(listener::MAX_ENTRIES, 0);
+pub static LISTENERS: HashMap<ListenerKey, Listener> =
+    HashMap::pinned(listener::MAX_ENTRIES, 0);
 
 /// Every connection between workloads inserts an entry and deletes it, so
 /// the elements are preallocated (the agent sizes the map): an insert pops

@@ -124,7 +124,8 @@ unsafe fn claim(owner: *mut u64, cookie: u64) -> bool {
 /// `*owner = new` if it is `old` (a full barrier, on every JIT).
 ///
 /// # Safety
-/// As [`claim`].
+/// `owner` is a word of a map element (a slot's owner, a listener's
+/// count), valid and aligned for this program run.
 #[inline(always)]
 pub unsafe fn swap(owner: *mut u64, old: u64, new: u64) -> bool {
     // SAFETY: the caller's.
@@ -138,7 +139,7 @@ pub unsafe fn swap(owner: *mut u64, old: u64, new: u64) -> bool {
 /// reads after it, it reads after this.
 ///
 /// # Safety
-/// As [`claim`].
+/// As [`swap`].
 #[inline(always)]
 pub unsafe fn load(owner: *mut u64) -> u64 {
     // SAFETY: the caller's.

@@ -71,18 +71,20 @@ fn listener_id(addr: &Addr, port: u16) -> u32 {
         proto: IPPROTO_TCP,
         _pad: 0,
     };
-    // SAFETY: values are plain u32s, copied out before any map update.
-    if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-        return *wl;
+    // SAFETY: the owner is a plain u32, copied out before any map update;
+    // an entry whose count is 0 (being deleted) still names it, so a
+    // connection racing the last close is judged, not waved through.
+    if let Some(l) = unsafe { LISTENERS.get(&key) } {
+        return l.workload;
     }
     key.addr = Addr::any(addr.family);
-    if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-        return *wl;
+    if let Some(l) = unsafe { LISTENERS.get(&key) } {
+        return l.workload;
     }
     if addr.family == AF_INET {
         key.addr = Addr::any(AF_INET6);
-        if let Some(wl) = unsafe { LISTENERS.get(&key) } {
-            return *wl;
+        if let Some(l) = unsafe { LISTENERS.get(&key) } {
+            return l.workload;
         }
     }
     NO_WORKLOAD

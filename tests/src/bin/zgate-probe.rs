@@ -6,6 +6,9 @@
 //! - `zgate-probe greet ADDR`: listen, print `listening`, then greet and
 //!   close each connection in turn on one thread (a connection-setup
 //!   benchmark's server: nothing per connection but accept, write, close).
+//! - `zgate-probe reuse ADDR`: listen on two `SO_REUSEPORT` sockets (as a
+//!   server's worker processes do), close the first, print `listening`,
+//!   then greet on the second as `greet` does.
 //! - `zgate-probe connect ADDR [HOLD_SECS]`: print `connected`, `refused`,
 //!   `not-permitted`, `timeout` or `error: …`; with HOLD_SECS keep the
 //!   connection open and print `closed` / `reset` when the peer ends it,
@@ -52,7 +55,12 @@ fn main() -> ExitCode {
     let addr: Option<SocketAddr> = args.get(2).and_then(|a| a.parse().ok());
     match (args.get(1).map(String::as_str), addr) {
         (Some("serve"), Some(addr)) => serve(addr),
-        (Some("greet"), Some(addr)) => greet(addr),
+        (Some("greet"), Some(addr)) => {
+            if let Some(listener) = listen(addr) {
+                greet(&listener);
+            }
+        }
+        (Some("reuse"), Some(addr)) => reuse(addr),
         (Some("connect"), Some(addr)) => {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
@@ -130,13 +138,36 @@ fn serve(addr: SocketAddr) {
     }
 }
 
-fn greet(addr: SocketAddr) {
-    let Some(listener) = listen(addr) else {
-        return;
-    };
+fn greet(listener: &TcpListener) {
     for stream in listener.incoming().flatten() {
         // Dropped at once: the server closes first.
         let _ = (&stream).write_all(b"hello\n");
+    }
+}
+
+fn reuse(addr: SocketAddr) {
+    use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let bind = || -> nix::Result<TcpListener> {
+        let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        let sockaddr = socket::SockaddrStorage::from(addr);
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sockaddr)?;
+        socket::listen(&fd, Backlog::MAXALLOWABLE)?;
+        Ok(TcpListener::from(fd))
+    };
+    match bind().and_then(|first| Ok((first, bind()?))) {
+        Ok((first, second)) => {
+            drop(first);
+            println!("listening");
+            let _ = std::io::stdout().flush();
+            greet(&second);
+        }
+        Err(e) => println!("error: bind {addr}: {e}"),
     }
 }
 
