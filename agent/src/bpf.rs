@@ -162,6 +162,9 @@ pub struct Maps {
     pub events_dropped: PerCpuArray<MapData, u64>,
     pub workloads: HashMap<MapData, u64, Workload>,
     pub listeners: HashMap<MapData, ListenerKey, Listener>,
+    /// Entry tag → the workload the agent named for a listener entry
+    /// `sock_ops` made (`listener::OWNERS_MAP`).
+    pub listener_owners: HashMap<MapData, u32, u32>,
     /// Socket records in the slot their cookie names, or in `sockets` when
     /// another socket held it (`zgate_common::socket`).
     pub socket_slots: Array<MapData, SocketSlot>,
@@ -265,6 +268,7 @@ impl Datapath {
         // a connection's close goes uncounted (never its verdict).
         loader.map_max_entries(socket::ACCEPTED_MAP, sizes.connections);
         loader.map_max_entries(listener::MAP, sizes.listeners);
+        loader.map_max_entries(listener::OWNERS_MAP, sizes.listeners);
         loader.map_max_entries(socket::MAP, sizes.sockets());
         let stale = unpin_foreign_maps(&paths)?;
         // Links pinned without the maps they were loaded with (someone
@@ -630,6 +634,7 @@ impl Maps {
             events_dropped: take(ebpf, event::DROPPED_MAP)?,
             workloads: take(ebpf, workload::MAP)?,
             listeners: take(ebpf, listener::MAP)?,
+            listener_owners: take(ebpf, listener::OWNERS_MAP)?,
             socket_slots: take(ebpf, socket::SLOTS_MAP)?,
             sockets: take(ebpf, socket::MAP)?,
             sockets_by_agent: take(ebpf, socket::BY_AGENT_MAP)?,

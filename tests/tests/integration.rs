@@ -8,7 +8,7 @@ mod multinode;
 mod node_security;
 mod soak;
 
-use harness::{probe_bin, run_ok, Node, Outcome, Server};
+use harness::{probe_bin, run_ok, spawn_lines, Node, Outcome, Server};
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 
@@ -548,6 +548,26 @@ fn an_address_stays_enforced_while_any_of_its_reuseport_listeners_is_open() {
     node.wait_for(10, |n| n.map_entries("listeners") == 0);
 }
 
+/// A socket that listens without binding first gets a port `listen()`
+/// picks, which no `post_bind` saw: the kernel enters it for an owner the
+/// agent then names from the socket's cgroup, and the workload's policy
+/// applies to it, where the port was once open to anyone.
+#[test]
+fn a_port_listen_picked_is_enforced_as_its_workloads() {
+    let node = Node::start("listen_unbound", &[("demo.yaml", DEMO)]);
+    let mut probe = node.workload("ambient-demo", "httpbin", &HTTPBIN);
+    probe.arg(probe_bin()).arg("unbound");
+    let mut server = spawn_lines(probe);
+    let line = server.next_line();
+    let port = line
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("the server: {line}"));
+    node.wait_log("named the workload listening on a port listen() picked", 0);
+    assert_demo_enforced(&node, &format!("127.0.0.1:{port}"));
+    drop(server);
+    node.wait_for(10, |n| n.map_entries("listeners") == 0);
+}
+
 /// A full listener map refuses the bind (EPERM), loudly, rather than leave a
 /// port the kernel cannot attribute unenforced.
 #[test]
@@ -624,7 +644,7 @@ fn socket_records_go_with_their_sockets() {
     );
     let mut sleep = node.workload("ambient-demo", "sleep", &[]);
     sleep.args(["sh", "-c", &script]);
-    let mut client = harness::spawn_lines(sleep);
+    let mut client = spawn_lines(sleep);
     for _ in 0..4 {
         assert_eq!(client.next_line(), "connected");
     }
@@ -676,7 +696,7 @@ fn socket_records_outnumbering_their_slots_are_all_kept() {
             let (first, n) = (k * per, per.min(BINDS - k * per));
             c.arg(probe_bin())
                 .args(["binds", &n.to_string(), &first.to_string()]);
-            let mut binder = harness::spawn_lines(c);
+            let mut binder = spawn_lines(c);
             assert_eq!(binder.next_line(), format!("bound {n}"), "{}", node.log());
             binder
         })

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{sync::mpsc, task::JoinHandle};
-use zgate_common::event::VerdictEvent;
+use zgate_common::event::{VerdictEvent, KIND_LISTEN_UNATTRIBUTED};
 
 use super::{log_limit::LogLimit, Command, Error};
 
@@ -52,6 +52,11 @@ pub(super) fn spawn(
                 let Some(ev) = VerdictEvent::from_bytes(&item) else {
                     continue;
                 };
+                // A listener to name is work for the agent, not a log line.
+                if ev.kind == KIND_LISTEN_UNATTRIBUTED {
+                    admitted.push(Command::Event(ev, 0));
+                    continue;
+                }
                 let key = (ev.identity, ev.workload, ev.reason, ev.hook);
                 if let Some(held_back) = limit.admit(key, Instant::now()) {
                     admitted.push(Command::Event(ev, held_back));

@@ -17,8 +17,8 @@ use arc_swap::ArcSwap;
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use zgate_common::{
     conn::{ConnKey, ORIGIN_AGENT},
-    event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH},
-    listener::{tag_of, Listener, ListenerKey},
+    event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH, KIND_LISTEN_UNATTRIBUTED},
+    listener::{tag_of, Listener, ListenerKey, UNATTRIBUTED},
     policy::{
         IDENTITY_NONE, REASON_ALLOW_MATCHED, REASON_DEFAULT_ALLOW, REASON_EXPLICIT_DENY,
         REASON_MAP_FULL, REASON_NO_ALLOW_MATCHED,
@@ -293,6 +293,9 @@ impl State {
                 }
             }
             Command::Reload => self.reload(),
+            Command::Event(ev, _) if ev.kind == KIND_LISTEN_UNATTRIBUTED => {
+                self.name_listener_owner(&ev);
+            }
             Command::Event(ev, held_back) => self.log_event(&ev, held_back),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -371,6 +374,16 @@ impl State {
             .collect();
         for key in owned {
             let _ = maps.listeners.remove(&key);
+        }
+        let named: Vec<u32> = maps
+            .listener_owners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| *owner == id)
+            .map(|(tag, _)| tag)
+            .collect();
+        for tag in named {
+            let _ = maps.listener_owners.remove(&tag);
         }
         self.apply()?;
         tracing::info!(workload = id, identity = %wl.identity, "deregistered");
@@ -832,6 +845,61 @@ impl State {
         }
     }
 
+    /// Name the owner of a listener entry `sock_ops` made for a port
+    /// `listen()` picked: the enrolled workload whose cgroup the listening
+    /// socket is in, as the kernel's socket table says. Until named (or if
+    /// it cannot be), connections to the port are refused.
+    fn name_listener_owner(&mut self, ev: &VerdictEvent) {
+        let addr = std::net::SocketAddr::new(ev.dst.into(), ev.dst_port);
+        let key = ListenerKey {
+            addr: ev.dst,
+            port: ev.dst_port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        };
+        let maps = &mut self.datapath.maps;
+        // Gone already, or named by a bind.
+        let Some(tag) = maps
+            .listeners
+            .get(&key, 0)
+            .ok()
+            .filter(|e| e.workload == UNATTRIBUTED)
+            .map(|e| Listener::tag(e.held))
+        else {
+            return;
+        };
+        let owner = match sock_diag::listening() {
+            Ok(sockets) => sockets
+                .iter()
+                .filter(|s| s.local == addr)
+                .filter_map(|s| s.cgroup)
+                .find_map(|c| self.registry.workloads().find(|w| w.cgroup_id == c))
+                .map(|w| w.id),
+            Err(e) => {
+                tracing::error!(%addr, "cannot list listening sockets to name a listener's workload: {e}");
+                return;
+            }
+        };
+        let Some(workload) = owner else {
+            tracing::warn!(%addr, "a listener on a port listen() picked belongs to no enrolled workload here: connections to it stay refused");
+            return;
+        };
+        if let Err(e) = maps.listener_owners.insert(tag, workload, 0) {
+            tracing::error!(workload, %addr, "cannot name a listener's workload, connections to it stay refused: {e}");
+            return;
+        }
+        // Closed meanwhile: its release found no name to remove.
+        if maps
+            .listeners
+            .get(&key, 0)
+            .map_or(true, |e| Listener::tag(e.held) != tag)
+        {
+            let _ = maps.listener_owners.remove(&tag);
+            return;
+        }
+        tracing::info!(workload, %addr, "named the workload listening on a port listen() picked");
+    }
+
     /// The rate limit for the event reader, counting what it holds back
     /// into this state's metrics.
     pub fn log_limit(&self) -> LogLimit {
@@ -854,7 +922,10 @@ impl State {
             .get(ev.identity)
             .map_or_else(|| "none (plaintext)".to_owned(), ToString::to_string);
         let dst_workload = self.registry.get(ev.workload).map_or_else(
-            || format!("#{}", ev.workload),
+            || match ev.workload {
+                UNATTRIBUTED => "(a port listen() picked, its workload not named yet)".to_owned(),
+                id => format!("#{id}"),
+            },
             |w| format!("{}/{}", w.spec.namespace, w.spec.name),
         );
         let src = std::net::SocketAddr::new(ev.src.into(), ev.src_port);

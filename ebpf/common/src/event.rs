@@ -17,6 +17,10 @@ pub const HOOK_BIND: u8 = 3;
 pub const KIND_DENY: u8 = 1;
 pub const KIND_DRY_RUN_DENY_MATCH: u8 = 2;
 pub const KIND_DRY_RUN_NO_ALLOW: u8 = 3;
+/// A socket of an enrolled workload listens on `dst:dst_port`, a port
+/// `listen()` picked, under an entry for an owner not yet named
+/// (`listener::OWNERS_MAP`): the agent names it. Not rate-limited.
+pub const KIND_LISTEN_UNATTRIBUTED: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

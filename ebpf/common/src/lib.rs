@@ -19,7 +19,7 @@ pub mod stats;
 pub mod workload;
 
 /// Version of the layouts in this crate; part of the bpffs pin path.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u8 = 2;

@@ -20,6 +20,19 @@ use crate::Addr;
 pub const MAP: &str = "ZG_LISTENERS";
 pub const MAX_ENTRIES: u32 = 65_536;
 
+/// `ZG_LISTENER_OWNERS`: entry tag → owning workload, for the entries
+/// `sock_ops` made for sockets listening on a port `listen()` picked (no
+/// `bind()`, so no `post_bind`): `sock_ops` cannot tell whose they are
+/// (it may not read the current cgroup before Linux 6.4), so it enters
+/// them for [`UNATTRIBUTED`] and reports them, and the agent, which reads
+/// the socket's cgroup from the kernel's socket table, names the owner
+/// here. Until then no policy applies to the address and every
+/// connection to it is refused (fail closed).
+pub const OWNERS_MAP: &str = "ZG_LISTENER_OWNERS";
+
+/// The owner of an entry whose owner the agent names (`OWNERS_MAP`).
+pub const UNATTRIBUTED: u32 = u32::MAX;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {

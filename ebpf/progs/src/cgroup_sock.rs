@@ -12,7 +12,6 @@
 //! 4.17 (`post_bind`), 5.9 (`sock_release`), 5.10 (socket cookies here).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock,
     programs::SockContext,
@@ -21,13 +20,14 @@ use aya_ebpf::{
 use zgate_common::{
     conn::ConnKey,
     event::HOOK_BIND,
-    listener::{tag_of, Listener, ListenerKey},
+    listener::{tag_of, ListenerKey},
     socket::{SocketRecord, FLAG_BOUND, KIND_BOUND},
     Addr, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{LISTENERS, WORKLOADS},
+    listeners::{hold, unhold},
+    maps::WORKLOADS,
     record::unpublish,
     slots,
     verdict::{addr_v4, addr_v6, deny_map_full, generation, Subject},
@@ -127,59 +127,3 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
     PROCEED
 }
 
-/// Tries at an entry other CPUs keep changing meanwhile; past them a bind
-/// is refused (like a full map), and a release leaves the entry counted
-/// one too many (its address stays enforced).
-const TRIES: u32 = 8;
-
-/// Count a socket in `key`'s entry, creating the entry, tagged `tag`, for
-/// `workload` if there is none; the tag of the entry it is counted in, or
-/// `None` (the map is full).
-#[inline(always)]
-fn hold(key: &ListenerKey, workload: u32, tag: u32) -> Option<u32> {
-    for _ in 0..TRIES {
-        match LISTENERS.get_ptr_mut(key) {
-            Some(entry) => {
-                // SAFETY: a valid, aligned element for this program run;
-                // its count only ever moves by compare-and-swap.
-                let held = unsafe { slots::load(&raw mut (*entry).held) };
-                // At 0 its last socket is deleting it: insert afresh after.
-                if Listener::refs(held) != 0
-                    && unsafe { slots::swap(&raw mut (*entry).held, held, held + 1) }
-                {
-                    return Some(Listener::tag(held));
-                }
-            }
-            None => {
-                let fresh = Listener::new(workload, tag, 1);
-                if LISTENERS.insert(key, &fresh, u64::from(BPF_NOEXIST)).is_ok() {
-                    return Some(tag);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Uncount a socket from `key`'s entry tagged `tag`; the last one deletes
-/// it. An entry of another tag is not the one the socket was counted in
-/// (the agent removed that one, and another bind made this).
-#[inline(always)]
-fn unhold(key: &ListenerKey, tag: u32) {
-    for _ in 0..TRIES {
-        let Some(entry) = LISTENERS.get_ptr_mut(key) else {
-            return;
-        };
-        // SAFETY: as in `hold`.
-        let held = unsafe { slots::load(&raw mut (*entry).held) };
-        if Listener::tag(held) != tag || Listener::refs(held) == 0 {
-            return;
-        }
-        if unsafe { slots::swap(&raw mut (*entry).held, held, held - 1) } {
-            if Listener::refs(held) == 1 {
-                let _ = LISTENERS.remove(key);
-            }
-            return;
-        }
-    }
-}

@@ -17,6 +17,7 @@
 #![allow(internal_features)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod listeners;
 mod maps;
 mod peers;
 mod record;

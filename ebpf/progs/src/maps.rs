@@ -75,6 +75,13 @@ pub static SOCKETS: HashMap<u64, SocketRecord> =
 #[map(name = "ZG_SOCKETS_BY_AGENT")]
 pub static SOCKETS_BY_AGENT: Array<u32> = Array::pinned(1, 0);
 
+/// Named owners of the listener entries `sock_ops` made for ports
+/// `listen()` picked (`zgate_common::listener::OWNERS_MAP`): rare, so
+/// allocated per entry.
+#[map(name = "ZG_LISTENER_OWNERS")]
+pub static OWNERS: HashMap<u32, u32> =
+    HashMap::pinned(listener::MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[map(name = "ZG_REMOTE")]
 pub static REMOTE: HashMap<Addr, RemoteWorkload> = HashMap::pinned(redirect::REMOTE_MAX_ENTRIES, 0);
 

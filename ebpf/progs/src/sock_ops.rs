@@ -14,13 +14,19 @@
 //! has its original destination published under the 5-tuple the agent's
 //! accepted socket sees (`zgate_common::redirect`).
 //!
+//! A socket that listens on a port `listen()` picked (it never called
+//! `bind()`, so `post_bind` never saw it) is entered at `TCP_LISTEN_CB`
+//! for an owner the agent names (`zgate_common::listener::OWNERS_MAP`):
+//! until then every connection to it is refused, where it would otherwise
+//! be open to anyone.
+//!
 //! # Minimum kernel version
 //! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
 
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -30,18 +36,24 @@ use aya_ebpf::{
 use zgate_common::{
     config::GENERATION_NONE,
     conn::ConnKey,
-    policy::IDENTITY_NONE,
+    event::{HOOK_BIND, KIND_LISTEN_UNATTRIBUTED},
+    listener::{tag_of, ListenerKey, UNATTRIBUTED},
+    policy::{IDENTITY_NONE, POLICY_NONE},
     redirect::OrigDst,
-    socket::{Approval, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_CONNECTING},
+    socket::{
+        Approval, SocketRecord, FLAG_BOUND, FLAG_CAPTURED, FLAG_PUBLISHED, KIND_BOUND,
+        KIND_CONNECTING,
+    },
     stats::{ConnStats, ConnStatsKey},
     AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
 use crate::{
+    listeners::{hold, unhold},
     maps::ORIG_DST,
     peers,
     slots,
-    verdict::{add_conn_stats, addr_v4, addr_v6, listener},
+    verdict::{add_conn_stats, addr_v4, addr_v6, deny_map_full, emit, generation, listener, Subject},
 };
 
 /// Each callback is a BPF subprogram of its own (`inline(never)`), so the
@@ -51,6 +63,7 @@ pub fn zg_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(&ctx),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
         // Only accepted sockets ask for state callbacks.
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_accepted_close(&ctx),
         _ => {}
@@ -168,6 +181,81 @@ fn on_accepted_close(ctx: &SockOpsContext) {
             sent_bytes: sent,
             received_bytes: received,
         },
+    );
+}
+
+/// A socket starts listening: one whose address no `post_bind` entered
+/// (a port `listen()` picked) is entered for an owner the agent names, and
+/// reported. It has no record, or one from a `connect()` that failed.
+#[inline(never)]
+fn on_listen(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let record = slots::record(cookie);
+    // SAFETY: this socket's own record; `listen()` holds the socket lock.
+    if record.is_some_and(|r| unsafe { (*r).flags } & FLAG_BOUND != 0) {
+        return;
+    }
+    let Some(local) = conn_key(ctx) else {
+        return;
+    };
+    let key = ListenerKey {
+        addr: local.src,
+        port: local.src_port,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    let subject = Subject {
+        hook: HOOK_BIND,
+        workload: UNATTRIBUTED,
+        identity: IDENTITY_NONE,
+        conn: ConnKey {
+            src: local.dst,
+            dst: key.addr,
+            src_port: 0,
+            dst_port: key.port,
+            ..local
+        },
+        src_known: false,
+        generation: generation(),
+        quiet: false,
+    };
+    let Some(bound_tag) = hold(&key, UNATTRIBUTED, tag_of(cookie)) else {
+        // `sock_ops` cannot refuse the `listen()`: the port stays
+        // unenforced, and says so.
+        deny_map_full(&subject);
+        return;
+    };
+    let recorded = match record {
+        // SAFETY: as above.
+        Some(r) => unsafe {
+            (*r).flags |= FLAG_BOUND;
+            (*r).bound = key;
+            (*r).bound_tag = bound_tag;
+            true
+        },
+        None => slots::add_record(
+            cookie,
+            &SocketRecord {
+                kind: KIND_BOUND,
+                flags: FLAG_BOUND,
+                workload: UNATTRIBUTED,
+                bound: key,
+                bound_tag,
+                ..SocketRecord::default()
+            },
+        ),
+    };
+    if !recorded {
+        unhold(&key, bound_tag);
+        deny_map_full(&subject);
+        return;
+    }
+    emit(
+        &subject,
+        subject.generation,
+        KIND_LISTEN_UNATTRIBUTED,
+        0,
+        POLICY_NONE,
     );
 }
 

@@ -17,9 +17,12 @@ use zgate_common::{
     Addr, AF_INET, AF_INET6, IPPROTO_TCP,
 };
 
-use crate::maps::{
-    CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS,
-    PORT_BITS, TERMS, VERDICTS, VERDICT_CACHE, WL_POLICY,
+use crate::{
+    listeners::owner,
+    maps::{
+        CONFIG, CONN_STATS, EVENTS, EVENTS_DROPPED, ID_BITS, IP_BITS, LISTENERS, POLICY_SETS,
+        PORT_BITS, TERMS, VERDICTS, VERDICT_CACHE, WL_POLICY,
+    },
 };
 
 /// A connection to an enrolled workload, as one hook sees it.
@@ -75,16 +78,16 @@ fn listener_id(addr: &Addr, port: u16) -> u32 {
     // an entry whose count is 0 (being deleted) still names it, so a
     // connection racing the last close is judged, not waved through.
     if let Some(l) = unsafe { LISTENERS.get(&key) } {
-        return l.workload;
+        return owner(l);
     }
     key.addr = Addr::any(addr.family);
     if let Some(l) = unsafe { LISTENERS.get(&key) } {
-        return l.workload;
+        return owner(l);
     }
     if addr.family == AF_INET {
         key.addr = Addr::any(AF_INET6);
         if let Some(l) = unsafe { LISTENERS.get(&key) } {
-            return l.workload;
+            return owner(l);
         }
     }
     NO_WORKLOAD
@@ -398,7 +401,7 @@ fn deny_unconfigured(subject: &Subject, generation: u32) -> Verdict {
 /// Out of line: the events are the uncommon path, and one copy of the
 /// event's stack space serves every caller.
 #[inline(never)]
-fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
+pub fn emit(subject: &Subject, generation: u32, kind: u8, reason: u8, policy: u32) {
     let Some(mut entry) = EVENTS.reserve::<VerdictEvent>(0) else {
         // Ring full: the verdict stands (and is counted); the event is lost,
         // and counted as lost.

@@ -6,6 +6,9 @@
 //! - `zgate-probe greet ADDR`: listen, print `listening`, then greet and
 //!   close each connection in turn on one thread (a connection-setup
 //!   benchmark's server: nothing per connection but accept, write, close).
+//! - `zgate-probe unbound`: listen on a port `listen()` picks (no
+//!   `bind()`, on every IPv4 address), print `listening PORT`, then greet
+//!   as `greet` does.
 //! - `zgate-probe reuse ADDR`: listen on two `SO_REUSEPORT` sockets (as a
 //!   server's worker processes do), close the first, print `listening`,
 //!   then greet on the second as `greet` does.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             }
         }
         (Some("reuse"), Some(addr)) => reuse(addr),
+        (Some("unbound"), _) => unbound(),
         (Some("connect"), Some(addr)) => {
             let hold = args.get(3).and_then(|s| s.parse().ok());
             connect(addr, hold)
@@ -142,6 +146,29 @@ fn greet(listener: &TcpListener) {
     for stream in listener.incoming().flatten() {
         // Dropped at once: the server closes first.
         let _ = (&stream).write_all(b"hello\n");
+    }
+}
+
+fn unbound() {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let listening = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        socket::listen(&fd, Backlog::MAXALLOWABLE)?;
+        let local: SockaddrIn = socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        Ok((TcpListener::from(fd), local.port()))
+    });
+    match listening {
+        Ok((listener, port)) => {
+            println!("listening {port}");
+            let _ = std::io::stdout().flush();
+            greet(&listener);
+        }
+        Err(e) => println!("error: listen: {e}"),
     }
 }
 
