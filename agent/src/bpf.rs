@@ -202,6 +202,19 @@ pub fn entries(map: &MapData) -> io::Result<u64> {
     crate::sys::count_elements(map)
 }
 
+/// The keys of `map` whose value passes `keep`, collected first, so the
+/// caller may remove them as it goes.
+pub fn keys_where<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    keep: impl Fn(&V) -> bool,
+) -> Vec<K> {
+    map.iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| keep(v))
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// The slots of a slot table (`zgate_common::socket`, `zgate_common::conn`)
 /// that are held: whose owner, the first word of each slot type, is
 /// non-zero. Read from the table's memory (it is mmapable): the three

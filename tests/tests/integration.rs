@@ -551,21 +551,58 @@ fn an_address_stays_enforced_while_any_of_its_reuseport_listeners_is_open() {
 /// A socket that listens without binding first gets a port `listen()`
 /// picks, which no `post_bind` saw: the kernel enters it for an owner the
 /// agent then names from the socket's cgroup, and the workload's policy
-/// applies to it, where the port was once open to anyone.
+/// applies to it, where the port was once open to anyone. With no agent
+/// to name it, connections to it are refused; a restarted agent names it.
 #[test]
 fn a_port_listen_picked_is_enforced_as_its_workloads() {
-    let node = Node::start("listen_unbound", &[("demo.yaml", DEMO)]);
-    let mut probe = node.workload("ambient-demo", "httpbin", &HTTPBIN);
-    probe.arg(probe_bin()).arg("unbound");
-    let mut server = spawn_lines(probe);
-    let line = server.next_line();
-    let port = line
-        .strip_prefix("listening ")
-        .unwrap_or_else(|| panic!("the server: {line}"));
-    node.wait_log("named the workload listening on a port listen() picked", 0);
-    assert_demo_enforced(&node, &format!("127.0.0.1:{port}"));
-    drop(server);
+    const NAMED: &str = "named the workload listening on a port listen() picked";
+    let mut node = Node::start("listen_unbound", &[("demo.yaml", DEMO)]);
+    // Enrolled, then it listens once `go` exists.
+    let unbound = |node: &Node, go: &std::path::Path| {
+        let mut probe = node.workload("ambient-demo", "httpbin", &HTTPBIN);
+        probe.args([
+            "sh",
+            "-c",
+            &format!(
+                "while [ ! -e {} ]; do sleep 0.01; done; exec {} unbound",
+                go.display(),
+                probe_bin().display()
+            ),
+        ]);
+        spawn_lines(probe)
+    };
+    let listening = |node: &Node, server: &mut harness::Held| {
+        let line = server.next_line();
+        let port = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("the server: {line}\n{}", node.log()))
+            .to_owned();
+        format!("127.0.0.1:{port}")
+    };
+    let go = node.dir.join("go");
+    std::fs::write(&go, "").expect("writing go");
+    let mut first = unbound(&node, &go);
+    let addr = listening(&node, &mut first);
+    node.wait_log(NAMED, 0);
+    assert_demo_enforced(&node, &addr);
+    drop(first);
     node.wait_for(10, |n| n.map_entries("listeners") == 0);
+
+    let go = node.dir.join("go-again");
+    let enrolled = node.log().matches("state: enrolled").count();
+    let mut second = unbound(&node, &go);
+    node.wait_log("state: enrolled", enrolled);
+    node.stop_agent(Signal::SIGKILL);
+    std::fs::write(&go, "").expect("writing go");
+    let addr = listening(&node, &mut second);
+    assert_eq!(
+        node.connect_plaintext(&addr),
+        Outcome::Refused,
+        "no owner named, no policy: fail closed"
+    );
+    node.spawn_agent();
+    node.wait_log(NAMED, 0);
+    assert_demo_enforced(&node, &addr);
 }
 
 /// A full listener map refuses the bind (EPERM), loudly, rather than leave a

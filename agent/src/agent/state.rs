@@ -101,14 +101,7 @@ impl State {
         // Connections a previous agent relayed died with it (it owned their
         // sockets): forget their peers, so no later connection that happens
         // to reuse a 5-tuple inherits an authenticated identity.
-        let relayed: Vec<ConnKey> = datapath
-            .maps
-            .conn_peer
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, peer)| peer.origin == ORIGIN_AGENT)
-            .map(|(key, _)| key)
-            .collect();
+        let relayed = bpf::keys_where(&datapath.maps.conn_peer, |peer| peer.origin == ORIGIN_AGENT);
         for key in relayed {
             let _ = datapath.maps.conn_peer.remove(&key);
         }
@@ -142,7 +135,7 @@ impl State {
             tracing::info!(workload = wl.id, identity = %wl.identity, "adopted workload");
         }
         restore_listeners(&mut datapath.maps, &registry);
-        Ok(Self {
+        let mut state = Self {
             started: Instant::now(),
             deny_logs_suppressed: Arc::default(),
             compile_seconds: Histogram::default(),
@@ -162,7 +155,15 @@ impl State {
                 remote: Default::default(),
             })),
             certs,
-        })
+        };
+        // Reports made while no agent read them.
+        let unnamed = bpf::keys_where(&state.datapath.maps.listeners, |e| {
+            e.workload == UNATTRIBUTED
+        });
+        for key in unnamed {
+            state.name_listener_owner(&key);
+        }
+        Ok(state)
     }
 
     pub fn paths(&self) -> &Paths {
@@ -294,7 +295,12 @@ impl State {
             }
             Command::Reload => self.reload(),
             Command::Event(ev, _) if ev.kind == KIND_LISTEN_UNATTRIBUTED => {
-                self.name_listener_owner(&ev);
+                self.name_listener_owner(&ListenerKey {
+                    addr: ev.dst,
+                    port: ev.dst_port,
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                });
             }
             Command::Event(ev, held_back) => self.log_event(&ev, held_back),
             Command::Status(reply) => {
@@ -365,24 +371,10 @@ impl State {
         let wl = self.registry.remove(id, Leftovers::Kill)?;
         let maps = &mut self.datapath.maps;
         let _ = maps.workloads.remove(&wl.cgroup_id);
-        let owned: Vec<_> = maps
-            .listeners
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, entry)| entry.workload == id)
-            .map(|(k, _)| k)
-            .collect();
-        for key in owned {
+        for key in bpf::keys_where(&maps.listeners, |entry| entry.workload == id) {
             let _ = maps.listeners.remove(&key);
         }
-        let named: Vec<u32> = maps
-            .listener_owners
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, owner)| *owner == id)
-            .map(|(tag, _)| tag)
-            .collect();
-        for tag in named {
+        for tag in bpf::keys_where(&maps.listener_owners, |owner| *owner == id) {
             let _ = maps.listener_owners.remove(&tag);
         }
         self.apply()?;
@@ -849,22 +841,17 @@ impl State {
     /// `listen()` picked: the enrolled workload whose cgroup the listening
     /// socket is in, as the kernel's socket table says. Until named (or if
     /// it cannot be), connections to the port are refused.
-    fn name_listener_owner(&mut self, ev: &VerdictEvent) {
-        let addr = std::net::SocketAddr::new(ev.dst.into(), ev.dst_port);
-        let key = ListenerKey {
-            addr: ev.dst,
-            port: ev.dst_port,
-            proto: IPPROTO_TCP,
-            _pad: 0,
-        };
+    fn name_listener_owner(&mut self, key: &ListenerKey) {
+        let addr = std::net::SocketAddr::new(key.addr.into(), key.port);
         let maps = &mut self.datapath.maps;
-        // Gone already, or named by a bind.
+        // Gone already, or named before.
         let Some(tag) = maps
             .listeners
-            .get(&key, 0)
+            .get(key, 0)
             .ok()
             .filter(|e| e.workload == UNATTRIBUTED)
             .map(|e| Listener::tag(e.held))
+            .filter(|tag| maps.listener_owners.get(tag, 0).is_err())
         else {
             return;
         };
@@ -891,7 +878,7 @@ impl State {
         // Closed meanwhile: its release found no name to remove.
         if maps
             .listeners
-            .get(&key, 0)
+            .get(key, 0)
             .map_or(true, |e| Listener::tag(e.held) != tag)
         {
             let _ = maps.listener_owners.remove(&tag);
