@@ -21,7 +21,7 @@
 //! be open to anyone.
 //!
 //! # Minimum kernel version
-//! 4.13 (`sock_ops`), 4.16 (`STATE_CB`).
+//! 4.13 (`sock_ops`), 4.16 (`STATE_CB`), 4.19 (`TCP_LISTEN_CB`).
 
 use aya_ebpf::{
     bindings::{
