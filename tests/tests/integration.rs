@@ -605,6 +605,51 @@ fn a_port_listen_picked_is_enforced_as_its_workloads() {
     assert_demo_enforced(&node, &addr);
 }
 
+/// A listening socket that outlives its workload (held by a process that
+/// left the workload's cgroup) keeps its entry, which names a workload with
+/// no policy: connections to it are refused, where the agent once removed
+/// the entry at deregistration and opened the port to anyone.
+#[test]
+fn a_listener_outliving_its_workload_stays_refused() {
+    let node = Node::start("listener_outlives", &[("demo.yaml", DEMO)]);
+    let out = node.dir.join("escaped.out");
+    let mut workload = node.workload("ambient-demo", "httpbin", &HTTPBIN);
+    workload.args([
+        "sh",
+        "-c",
+        &format!(
+            "setsid {} serve {ADDR} > {} & echo $!; wait",
+            probe_bin().display(),
+            out.display()
+        ),
+    ]);
+    let mut workload = spawn_lines(workload);
+    let pid = workload.next_line();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("listening")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(node.connect_plaintext(ADDR), Outcome::Refused);
+    // The server leaves the workload's cgroup; the workload ends.
+    let root = zgate::agent::cgroup2_mount().expect("a cgroup v2 mount");
+    std::fs::write(root.join("cgroup.procs"), &pid).expect("moving the server out");
+    drop(workload);
+    node.wait_log("deregistered", 0);
+    let refused = node.connect_plaintext(ADDR);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.parse().expect("the server's pid")),
+        Signal::SIGKILL,
+    );
+    assert_eq!(refused, Outcome::Refused, "{}", node.log());
+}
+
 /// A full listener map refuses the bind (EPERM), loudly, rather than leave a
 /// port the kernel cannot attribute unenforced.
 #[test]

@@ -371,12 +371,12 @@ impl State {
         let wl = self.registry.remove(id, Leftovers::Kill)?;
         let maps = &mut self.datapath.maps;
         let _ = maps.workloads.remove(&wl.cgroup_id);
-        for key in bpf::keys_where(&maps.listeners, |entry| entry.workload == id) {
-            let _ = maps.listeners.remove(&key);
-        }
-        for tag in bpf::keys_where(&maps.listener_owners, |owner| *owner == id) {
-            let _ = maps.listener_owners.remove(&tag);
-        }
+        // Its listener entries are left to the kernel: its processes are
+        // gone, and with them their sockets' counts. An entry that stays is
+        // held by a socket handed to a process outside the workload, and
+        // names a workload with no policy from now on, so connections to it
+        // are refused; removing it would open that port to anyone (and race
+        // the kernel's own delete).
         self.apply()?;
         tracing::info!(workload = id, identity = %wl.identity, "deregistered");
         Ok(())
