@@ -557,19 +557,22 @@ fn an_address_stays_enforced_while_any_of_its_reuseport_listeners_is_open() {
 fn a_port_listen_picked_is_enforced_as_its_workloads() {
     const NAMED: &str = "named the workload listening on a port listen() picked";
     let mut node = Node::start("listen_unbound", &[("demo.yaml", DEMO)]);
-    // Enrolled, then it listens once `go` exists.
+    // Enrolled and started (its first line), then it listens once `go`
+    // exists.
     let unbound = |node: &Node, go: &std::path::Path| {
         let mut probe = node.workload("ambient-demo", "httpbin", &HTTPBIN);
         probe.args([
             "sh",
             "-c",
             &format!(
-                "while [ ! -e {} ]; do sleep 0.01; done; exec {} unbound",
+                "echo started; while [ ! -e {} ]; do sleep 0.01; done; exec {} unbound",
                 go.display(),
                 probe_bin().display()
             ),
         ]);
-        spawn_lines(probe)
+        let mut server = spawn_lines(probe);
+        assert_eq!(server.next_line(), "started", "{}", node.log());
+        server
     };
     let listening = |node: &Node, server: &mut harness::Held| {
         let line = server.next_line();
@@ -589,9 +592,7 @@ fn a_port_listen_picked_is_enforced_as_its_workloads() {
     node.wait_for(10, |n| n.map_entries("listeners") == 0);
 
     let go = node.dir.join("go-again");
-    let enrolled = node.log().matches("state: enrolled").count();
     let mut second = unbound(&node, &go);
-    node.wait_log("state: enrolled", enrolled);
     node.stop_agent(Signal::SIGKILL);
     std::fs::write(&go, "").expect("writing go");
     let addr = listening(&node, &mut second);
