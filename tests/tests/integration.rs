@@ -588,6 +588,13 @@ fn a_port_listen_picked_is_enforced_as_its_workloads() {
     let addr = listening(&node, &mut first);
     node.wait_log(NAMED, 0);
     assert_demo_enforced(&node, &addr);
+    // A policy update re-decides its connections as the kernel does: with
+    // the named workload's policy, which still allows this one.
+    let mut sleep = node.hold_as("ambient-demo", "sleep", &addr, 3);
+    let applied = node.log().matches("policy applied").count();
+    node.write_config("demo.yaml", DEMO);
+    node.wait_log("policy applied", applied);
+    assert_eq!(sleep.end().0, "held", "{}", node.log());
     drop(first);
     node.wait_for(10, |n| n.map_entries("listeners") == 0);
 

@@ -3,10 +3,10 @@
 //! workloads and policies in the log.
 //!
 //! A client retrying a denied connection back to back makes 90 000–150 000
-//! denials a second here. The kernel wakes the reader for a record only when the
-//! reader has read every earlier one, so a reader that drains at once is
-//! woken for nearly every denial; after a drain it waits [`PACE`] before
-//! reading again, and what arrived meanwhile is read in one go.
+//! denials a second here. The kernel wakes the reader for a record only
+//! when the reader has read every earlier one, so a reader that drains at
+//! once is woken for nearly every denial; after a drain it waits [`PACE`]
+//! before reading again, and what arrived meanwhile is read in one go.
 
 use std::time::{Duration, Instant};
 

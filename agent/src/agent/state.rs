@@ -14,7 +14,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::maps::IterableMap as _;
 use zgate_common::{
     conn::{ConnKey, ORIGIN_AGENT},
     event::{VerdictEvent, KIND_DENY, KIND_DRY_RUN_DENY_MATCH, KIND_LISTEN_UNATTRIBUTED},
@@ -160,9 +160,7 @@ impl State {
         let unnamed = bpf::keys_where(&state.datapath.maps.listeners, |e| {
             e.workload == UNATTRIBUTED
         });
-        for key in unnamed {
-            state.name_listener_owner(&key);
-        }
+        state.name_listener_owners(&unnamed);
         Ok(state)
     }
 
@@ -248,7 +246,7 @@ impl State {
         for sock in sockets {
             let local = Addr::from(sock.local.ip());
             let port = sock.local.port();
-            let Some(workload) = listener(&maps.listeners, &local, port) else {
+            let Some(workload) = listener(maps, &local, port) else {
                 continue;
             };
             let key = ConnKey::tcp(sock.remote, sock.local);
@@ -295,12 +293,12 @@ impl State {
             }
             Command::Reload => self.reload(),
             Command::Event(ev, _) if ev.kind == KIND_LISTEN_UNATTRIBUTED => {
-                self.name_listener_owner(&ListenerKey {
+                self.name_listener_owners(&[ListenerKey {
                     addr: ev.dst,
                     port: ev.dst_port,
                     proto: IPPROTO_TCP,
                     _pad: 0,
-                });
+                }]);
             }
             Command::Event(ev, held_back) => self.log_event(&ev, held_back),
             Command::Status(reply) => {
@@ -837,11 +835,28 @@ impl State {
         }
     }
 
-    /// Name the owner of a listener entry `sock_ops` made for a port
-    /// `listen()` picked: the enrolled workload whose cgroup the listening
-    /// socket is in, as the kernel's socket table says. Until named (or if
-    /// it cannot be), connections to the port are refused.
-    fn name_listener_owner(&mut self, key: &ListenerKey) {
+    /// Name the owners of listener entries `sock_ops` made for ports
+    /// `listen()` picked: the enrolled workload whose cgroup each listening
+    /// socket is in, as the kernel's socket table (read once) says. Until
+    /// named (or if it cannot be), connections to the port are refused.
+    fn name_listener_owners(&mut self, keys: &[ListenerKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let sockets = match sock_diag::listening() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot list listening sockets to name listeners' workloads: {e}");
+                return;
+            }
+        };
+        for key in keys {
+            self.name_listener_owner(key, &sockets);
+        }
+    }
+
+    /// [`Self::name_listener_owners`] for one entry.
+    fn name_listener_owner(&mut self, key: &ListenerKey, sockets: &[sock_diag::Socket]) {
         let addr = std::net::SocketAddr::new(key.addr.into(), key.port);
         let maps = &mut self.datapath.maps;
         // Gone already, or named before.
@@ -855,18 +870,12 @@ impl State {
         else {
             return;
         };
-        let owner = match sock_diag::listening() {
-            Ok(sockets) => sockets
-                .iter()
-                .filter(|s| s.local == addr)
-                .filter_map(|s| s.cgroup)
-                .find_map(|c| self.registry.workloads().find(|w| w.cgroup_id == c))
-                .map(|w| w.id),
-            Err(e) => {
-                tracing::error!(%addr, "cannot list listening sockets to name a listener's workload: {e}");
-                return;
-            }
-        };
+        let owner = sockets
+            .iter()
+            .filter(|s| s.local == addr)
+            .filter_map(|s| s.cgroup)
+            .find_map(|c| self.registry.workloads().find(|w| w.cgroup_id == c))
+            .map(|w| w.id);
         let Some(workload) = owner else {
             tracing::warn!(%addr, "a listener on a port listen() picked belongs to no enrolled workload here: connections to it stay refused");
             return;
@@ -985,8 +994,9 @@ impl State {
 
 /// The enrolled workload listening on `addr:port`, looked up as the
 /// kernel's `listener()` does: exact address, the family's wildcard, then
-/// a dual-stack `[::]` for IPv4.
-fn listener(map: &HashMap<MapData, ListenerKey, Listener>, addr: &Addr, port: u16) -> Option<u32> {
+/// a dual-stack `[::]` for IPv4; an entry `sock_ops` made names its owner
+/// in `ZG_LISTENER_OWNERS` (`UNATTRIBUTED` until the agent names it).
+fn listener(maps: &bpf::Maps, addr: &Addr, port: u16) -> Option<u32> {
     let mut candidates = vec![*addr, Addr::any(addr.family)];
     if addr.family == AF_INET {
         candidates.push(Addr::any(AF_INET6));
@@ -998,7 +1008,14 @@ fn listener(map: &HashMap<MapData, ListenerKey, Listener>, addr: &Addr, port: u1
             proto: IPPROTO_TCP,
             _pad: 0,
         };
-        map.get(&key, 0).ok().map(|l| l.workload)
+        let entry = maps.listeners.get(&key, 0).ok()?;
+        Some(match entry.workload {
+            UNATTRIBUTED => maps
+                .listener_owners
+                .get(&Listener::tag(entry.held), 0)
+                .unwrap_or(UNATTRIBUTED),
+            workload => workload,
+        })
     })
 }
 
@@ -1061,7 +1078,7 @@ fn restore_listeners(maps: &mut bpf::Maps, registry: &Registry) {
         let entry = Listener::new(*workload, tag, holders.len() as u32);
         let addr = first.local;
         if let Err(e) = maps.listeners.insert(key, entry, 0) {
-            tracing::error!(workload, %addr, "cannot re-learn a listening socket: {e}");
+            tracing::error!(workload, %addr, "cannot re-learn a listening address: {e}");
             continue;
         }
         for (sock, workload, recorded) in &holders {

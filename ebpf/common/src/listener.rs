@@ -61,7 +61,7 @@ pub struct Listener {
 const _: () = assert!(size_of::<Listener>() == 16);
 
 impl Listener {
-    /// `workload`'s new entry, tagged `tag`, held by one socket.
+    /// `workload`'s new entry, tagged `tag`, held by `refs` sockets.
     pub const fn new(workload: u32, tag: u32, refs: u32) -> Self {
         Self {
             workload,

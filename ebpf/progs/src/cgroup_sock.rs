@@ -126,4 +126,3 @@ fn on_bind(ctx: &SockContext, addr: Addr, port: u32) -> i32 {
     }
     PROCEED
 }
-

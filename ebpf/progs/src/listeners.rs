@@ -45,8 +45,8 @@ pub fn hold(key: &ListenerKey, workload: u32, tag: u32) -> Option<u32> {
 
 /// Uncount a socket from `key`'s entry tagged `tag`; the last one deletes
 /// it (and the name the agent gave an entry's owner, if it named one). An
-/// entry of another tag is not the one the socket was counted in (the
-/// agent removed that one, and another bind made this).
+/// entry of another tag is not the one the socket was counted in (that one
+/// went with a lost map, and another socket's bind made this).
 #[inline(always)]
 pub fn unhold(key: &ListenerKey, tag: u32) {
     for _ in 0..TRIES {

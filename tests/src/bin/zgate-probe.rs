@@ -8,7 +8,7 @@
 //!   benchmark's server: nothing per connection but accept, write, close).
 //! - `zgate-probe unbound`: listen on a port `listen()` picks (no
 //!   `bind()`, on every IPv4 address), print `listening PORT`, then greet
-//!   as `greet` does.
+//!   and echo as `serve` does.
 //! - `zgate-probe reuse ADDR`: listen on two `SO_REUSEPORT` sockets (as a
 //!   server's worker processes do), close the first, print `listening`,
 //!   then greet on the second as `greet` does.
@@ -57,7 +57,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let addr: Option<SocketAddr> = args.get(2).and_then(|a| a.parse().ok());
     match (args.get(1).map(String::as_str), addr) {
-        (Some("serve"), Some(addr)) => serve(addr),
+        (Some("serve"), Some(addr)) => {
+            if let Some(listener) = listen(addr) {
+                serve(&listener);
+            }
+        }
         (Some("greet"), Some(addr)) => {
             if let Some(listener) = listen(addr) {
                 greet(&listener);
@@ -123,10 +127,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(addr: SocketAddr) {
-    let Some(listener) = listen(addr) else {
-        return;
-    };
+fn serve(listener: &TcpListener) {
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             let mut stream = stream;
@@ -166,7 +167,7 @@ fn unbound() {
         Ok((listener, port)) => {
             println!("listening {port}");
             let _ = std::io::stdout().flush();
-            greet(&listener);
+            serve(&listener);
         }
         Err(e) => println!("error: listen: {e}"),
     }
